@@ -1,0 +1,66 @@
+"""The click front end, built from the same table as the fast parser: --help, usage errors, people."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pyouki import __version__
+from pyouki.cli.table import COMMANDS, GLOBAL_OPTIONS, Cmd, Opt
+
+
+def _option(opt: Opt) -> Any:
+    kwargs: dict[str, Any] = {"help": opt.help}
+    if opt.kind == "flag":
+        kwargs["is_flag"] = True
+        kwargs["default"] = False
+    elif opt.kind == "int":
+        kwargs["type"] = int
+        kwargs["default"] = opt.default
+    else:
+        kwargs["type"] = click.Choice(opt.choices) if opt.choices else str
+        kwargs["default"] = opt.default
+        kwargs["show_default"] = opt.default is not None
+    return click.option(*opt.names, opt.dest, **kwargs)
+
+
+def _command(cmd: Cmd, dispatch: Any) -> click.Command:
+    def callback(**kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        options = {o.dest: kwargs.pop(o.dest) for o in cmd.options}
+        args = {name: kwargs.pop(name.replace("-", "_")) for name, _ in cmd.args}
+        raise SystemExit(dispatch(cmd, dict(ctx.obj), options, args))
+
+    func: Any = callback
+    for name, required in reversed(cmd.args):
+        func = click.argument(name.replace("-", "_"), metavar=name.upper(), required=required)(func)
+    for opt in reversed(cmd.options):
+        func = _option(opt)(func)
+    return click.command(cmd.name, help=cmd.help)(func)
+
+
+def build(dispatch: Any) -> click.Group:
+    """The click group for every command; dispatch(cmd, globals, options, args) runs one."""
+
+    def group_callback(**kwargs: Any) -> None:
+        click.get_current_context().obj = kwargs
+
+    func: Any = group_callback
+    for opt in reversed(GLOBAL_OPTIONS):
+        func = _option(opt)(func)
+    version = f"pyouki version {__version__}\nspec: 1.3.0"
+    func = click.version_option(version, "--version", "-v", message="%(version)s")(func)
+    group = click.group("pyouki", help="pyouki: a rootless-first OCI container runtime")(func)
+    for cmd in COMMANDS.values():
+        group.add_command(_command(cmd, dispatch))
+    return group
+
+
+def main(argv: list[str], dispatch: Any) -> int:
+    """Run click on argv; return the exit status."""
+    try:
+        build(dispatch).main(argv, prog_name="pyouki", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0

@@ -1,0 +1,187 @@
+"""Loading a bundle's config.json and checking it before anything is created.
+
+Checks name the offending field by its JSON path (`process.args[0]`, `mounts[2].destination`),
+so a user can find it in the file. The checks cover what the runtime relies on; fields pyouki
+does not use are left to the schema.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pyouki.errors import ConfigError, PyoukiError
+
+NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
+
+
+def load_bundle(bundle: str) -> tuple[str, dict]:
+    """Read `<bundle>/config.json`; return the absolute bundle path and the config."""
+    import json
+
+    bundle = os.path.abspath(bundle)
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise PyoukiError(f"failed to read {path}: no such file or directory") from None
+    except OSError as e:
+        raise PyoukiError(f"failed to read {path}: {(e.strerror or str(e)).lower()}") from None
+    except ValueError as e:
+        raise PyoukiError(f"failed to parse {path}: {e}") from None
+    if not isinstance(config, dict):
+        raise PyoukiError(f"failed to parse {path}: the top level is not an object")
+    return bundle, config
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], field: str) -> Any:
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "an array", dict: "an object"}
+    if isinstance(value, bool) and kind is int:
+        raise ConfigError(field, "must be an integer")
+    if not isinstance(value, kind):
+        want = names.get(kind, "of another type") if isinstance(kind, type) else "of another type"
+        raise ConfigError(field, f"must be {want}")
+    return value
+
+
+def _optional(obj: dict, key: str, kind: type, field: str, default: Any = None) -> Any:
+    value = obj.get(key)
+    if value is None:
+        return default
+    return _expect(value, kind, f"{field}.{key}" if field else key)
+
+
+def namespaces(config: dict) -> dict[str, str | None]:
+    """The `linux.namespaces` list as {type: path or None}, checked."""
+    linux = _optional(config, "linux", dict, "", {})
+    result: dict[str, str | None] = {}
+    for i, ns in enumerate(_optional(linux, "namespaces", list, "linux", [])):
+        field = f"linux.namespaces[{i}]"
+        _expect(ns, dict, field)
+        kind = ns.get("type")
+        if kind not in NAMESPACE_TYPES:
+            raise ConfigError(f"{field}.type", f"unknown namespace type {kind!r}")
+        if kind in result:
+            raise ConfigError(f"{field}.type", f"namespace {kind!r} given twice")
+        path = _optional(ns, "path", str, field)
+        if path is not None and not os.path.isabs(path):
+            raise ConfigError(f"{field}.path", f"{path!r} is not an absolute path")
+        result[kind] = path or None
+    return result
+
+
+def validate(config: dict, bundle: str, rootless: bool) -> str:
+    """Check the fields pyouki relies on; return the absolute rootfs path."""
+    if not isinstance(config.get("ociVersion"), str):
+        raise ConfigError("ociVersion", "must be a string")
+    root = _expect(config.get("root"), dict, "root")
+    root_path = _expect(root.get("path"), str, "root.path")
+    rootfs = os.path.join(bundle, root_path)
+    if not os.path.isdir(rootfs):
+        raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
+    _optional(root, "readonly", bool, "root")
+
+    process = _expect(config.get("process"), dict, "process")
+    args = _expect(process.get("args"), list, "process.args")
+    if not args:
+        raise ConfigError("process.args", "must not be empty")
+    for i, arg in enumerate(args):
+        _expect(arg, str, f"process.args[{i}]")
+    cwd = _expect(process.get("cwd", "/"), str, "process.cwd")
+    if not os.path.isabs(cwd):
+        raise ConfigError("process.cwd", f"{cwd!r} is not an absolute path")
+    for i, env in enumerate(_optional(process, "env", list, "process", [])):
+        if not isinstance(env, str) or "=" not in env:
+            raise ConfigError(f"process.env[{i}]", "must be a string of the form KEY=VALUE")
+    user = _optional(process, "user", dict, "process", {})
+    for key in ("uid", "gid", "umask"):
+        value = _optional(user, key, int, "process.user")
+        if value is not None and value < 0:
+            raise ConfigError(f"process.user.{key}", "must not be negative")
+    for i, gid in enumerate(_optional(user, "additionalGids", list, "process.user", [])):
+        _expect(gid, int, f"process.user.additionalGids[{i}]")
+    if process.get("terminal"):
+        pass  # checked against --console-socket by the caller
+    for i, rl in enumerate(_optional(process, "rlimits", list, "process", [])):
+        field = f"process.rlimits[{i}]"
+        _expect(rl, dict, field)
+        from pyouki.process import RLIMITS
+
+        if rl.get("type") not in RLIMITS:
+            raise ConfigError(f"{field}.type", f"unknown rlimit {rl.get('type')!r}")
+        _expect(rl.get("soft"), int, f"{field}.soft")
+        _expect(rl.get("hard"), int, f"{field}.hard")
+    caps = _optional(process, "capabilities", dict, "process", {})
+    if caps:
+        from pyouki.caps import cap_number
+
+        for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
+            for i, name in enumerate(_optional(caps, key, list, "process.capabilities", [])):
+                cap_number(name, f"process.capabilities.{key}[{i}]")
+    _optional(process, "noNewPrivileges", bool, "process")
+    oom = _optional(process, "oomScoreAdj", int, "process")
+    if oom is not None and not -1000 <= oom <= 1000:
+        raise ConfigError("process.oomScoreAdj", "must be between -1000 and 1000")
+
+    for i, m in enumerate(_optional(config, "mounts", list, "", [])):
+        field = f"mounts[{i}]"
+        _expect(m, dict, field)
+        dest = _expect(m.get("destination"), str, f"{field}.destination")
+        if not os.path.isabs(dest):
+            raise ConfigError(f"{field}.destination", f"{dest!r} is not an absolute path")
+        _optional(m, "source", str, field)
+        _optional(m, "type", str, field)
+        for j, opt in enumerate(_optional(m, "options", list, field, [])):
+            _expect(opt, str, f"{field}.options[{j}]")
+
+    _optional(config, "hostname", str, "")
+    _optional(config, "domainname", str, "")
+    nss = namespaces(config)
+    if "mount" not in nss:
+        raise ConfigError("linux.namespaces", "a mount namespace is required")
+    if (config.get("hostname") or config.get("domainname")) and "uts" not in nss:
+        raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
+    linux = _optional(config, "linux", dict, "", {})
+    for key in ("uidMappings", "gidMappings"):
+        maps = _optional(linux, key, list, "linux", [])
+        for i, entry in enumerate(maps):
+            field = f"linux.{key}[{i}]"
+            _expect(entry, dict, field)
+            for k in ("containerID", "hostID", "size"):
+                _expect(entry.get(k), int, f"{field}.{k}")
+        if maps and "user" not in nss:
+            raise ConfigError(f"linux.{key}", "id mappings need a user namespace")
+    if "user" in nss and nss["user"] is None and not linux.get("uidMappings"):
+        raise ConfigError("linux.uidMappings", "a new user namespace needs uid and gid mappings")
+    if rootless and "user" not in nss and not _in_userns_already():
+        raise ConfigError("linux.namespaces", "a rootless container needs a user namespace")
+    for i, dev in enumerate(_optional(linux, "devices", list, "linux", [])):
+        field = f"linux.devices[{i}]"
+        _expect(dev, dict, field)
+        path = _expect(dev.get("path"), str, f"{field}.path")
+        if not os.path.isabs(path):
+            raise ConfigError(f"{field}.path", f"{path!r} is not an absolute path")
+        if dev.get("type") not in ("c", "b", "u", "p"):
+            raise ConfigError(f"{field}.type", f"unknown device type {dev.get('type')!r}")
+    for key in ("maskedPaths", "readonlyPaths"):
+        for i, p in enumerate(_optional(linux, key, list, "linux", [])):
+            _expect(p, str, f"linux.{key}[{i}]")
+    for key, value in _optional(linux, "sysctl", dict, "linux", {}).items():
+        _expect(value, str, f"linux.sysctl.{key}")
+    prop = _optional(linux, "rootfsPropagation", str, "linux")
+    if prop is not None and prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared",
+                                         "unbindable", "runbindable", ""):
+        raise ConfigError("linux.rootfsPropagation", f"unknown propagation {prop!r}")
+    seccomp = _optional(linux, "seccomp", dict, "linux")
+    if seccomp:
+        from pyouki.seccomp import validate as validate_seccomp
+
+        validate_seccomp(seccomp, "linux.seccomp")
+    return rootfs
+
+
+def _in_userns_already() -> bool:
+    from pyouki.state import in_user_namespace
+
+    return in_user_namespace()

@@ -1,0 +1,198 @@
+"""`create`: turn a bundle into a container whose process waits for `start`.
+
+The calling process (the parent) checks the config, makes the container's directory and its
+exec.fifo, then forks the intermediate process. The intermediate joins or creates the user
+namespace (the parent writes its id maps), then the other namespaces, and forks init, which lands
+in the new PID namespace. Init builds the filesystem view, drops privileges, reports `ready` and
+waits on the fifo. Every step's error comes back over the channel as one line; the parent then
+kills what it started and removes the directory, so a failed create leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from pyouki import log
+from pyouki.channel import Channel, pipe_pair
+from pyouki.config import load_bundle, namespaces, validate
+from pyouki.errors import ContainerError, PyoukiError
+from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
+
+if TYPE_CHECKING:
+    from pyouki import init
+
+
+class CreateOptions:
+    """What create and run take from the command line."""
+
+    def __init__(self, root: str, container_id: str, bundle: str = ".", pid_file: str | None = None,
+                 console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
+                 preserve_fds: int = 0, rootless: bool = False) -> None:
+        self.root = root
+        self.id = container_id
+        self.bundle = bundle
+        self.pid_file = pid_file
+        self.console_socket = console_socket
+        self.no_pivot = no_pivot
+        self.no_new_keyring = no_new_keyring
+        self.preserve_fds = preserve_fds
+        self.rootless = rootless
+
+
+def create(opts: CreateOptions, subreaper: bool = False) -> Container:
+    """Create the container; return it with its record saved (status `created`)."""
+    container = Container(opts.root, opts.id)
+    bundle, config = load_bundle(opts.bundle)
+    rootfs = validate(config, bundle, opts.rootless)
+    if (config.get("process") or {}).get("terminal") and not opts.console_socket:
+        raise PyoukiError("process.terminal: a terminal needs --console-socket (terminal support is not "
+                          "implemented yet)")
+    if opts.console_socket:
+        raise PyoukiError("--console-socket: not supported yet")
+    try:
+        os.mkdir(container.dir, 0o700)
+    except FileExistsError:
+        raise ContainerError(f"container {opts.id} already exists") from None
+    except OSError as e:
+        raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
+    init_pid = 0
+    try:
+        container.lock()
+        fifo = os.path.join(container.dir, FIFO_FILE)
+        os.mkfifo(fifo, 0o600)
+        # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
+        # it from ever seeing end-of-file, and `start` gets ENXIO if init has died
+        fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        if subreaper:
+            from pyouki import syscalls
+
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            init_pid = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd)
+        finally:
+            os.close(fifo_fd)
+        container.record = {
+            "id": opts.id,
+            "pid": init_pid,
+            "pid_start": process_start_time(init_pid),
+            "bundle": bundle,
+            "rootfs": rootfs,
+            "created": rfc3339_now(),
+            "owner": _owner_name(),
+            "annotations": config.get("annotations") or {},
+            "rootless": opts.rootless,
+            "cgroup": None,
+            "pid_ns": "pid" in namespaces(config),
+        }
+        container.save()
+        if opts.pid_file:
+            write_pid_file(opts.pid_file, init_pid)
+    except BaseException:
+        if init_pid:
+            _kill_and_reap(init_pid)
+        container.remove_dir()
+        raise
+    finally:
+        container.unlock()
+    log.debug(f"container {opts.id} created with init pid {init_pid}")
+    return container
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write the pid atomically: a temp file in the same directory, then rename."""
+    path = os.path.abspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError as e:
+        raise PyoukiError(f"failed to write pid file {path}: {(e.strerror or '').lower()}") from None
+
+
+def _owner_name() -> str:
+    uid = os.geteuid()
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                parts = line.split(":")
+                if len(parts) > 2 and parts[2] == str(uid):
+                    return parts[0]
+    except OSError:
+        pass
+    return str(uid)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)  # ours when we are its subreaper
+    except ChildProcessError:
+        pass
+
+
+def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int) -> int:
+    """Fork the intermediate process and drive the set-up; return init's pid once it is ready."""
+    from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
+
+    plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd)
+    up, down_w, down_r, up_w = pipe_pair()
+    pid = os.fork()
+    if pid == 0:
+        # the lock is on the open file description: a child holding it would keep it forever
+        os.close(lock_fd)
+        up.close()
+        down_w.close()
+        init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
+        os._exit(1)  # not reached
+    up_w.close()
+    down_r.close()
+    init_pid = 0
+    try:
+        while True:
+            verb, arg = up.receive()
+            if verb == "map":
+                _map_ids(plan, pid, down_w)
+            elif verb == "pid":
+                init_pid = int(arg)
+                os.waitpid(pid, 0)
+                pid = 0
+            elif verb == "ready":
+                return init_pid
+            elif verb == "error":
+                raise PyoukiError(arg)
+            elif verb == "eof":
+                raise PyoukiError("container init exited before it was ready")
+    except BaseException:
+        if init_pid:
+            _kill_and_reap(init_pid)
+        raise
+    finally:
+        if pid:
+            _kill_and_reap(pid)
+        up.close()
+        down_w.close()
+
+
+def _map_ids(plan: init.Plan, pid: int, down: Channel) -> None:
+    """Write the intermediate's id maps (or none), then let it go on; errors go both ways."""
+    from pyouki.userns.idmap import write_mappings
+
+    try:
+        if plan.new_userns:
+            linux = plan.config.get("linux") or {}
+            plan.setgroups_allowed = write_mappings(pid, linux.get("uidMappings") or [],
+                                                    linux.get("gidMappings") or [])
+        down.send("mapped", "1" if plan.setgroups_allowed else "0")
+    except PyoukiError:
+        down.send("abort")
+        raise
+

@@ -1,0 +1,278 @@
+"""The forked side of `create`: the intermediate process and the container's init.
+
+Runs after os.fork() of the parent. After pivot_root the host's Python library is out of reach,
+so every module used here is imported at the top of this file, in the parent, before the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import resource  # noqa: F401  (used after pivot_root by pyouki.process.set_rlimits)
+import select
+
+import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
+import prctl  # noqa: F401
+
+from pyouki import rootfs as fs
+from pyouki import syscalls as sc
+from pyouki.caps import CapabilitySets
+from pyouki.channel import Channel
+from pyouki.config import namespaces
+from pyouki.errors import PyoukiError
+from pyouki.process import environment, resolve_executable, set_rlimits, set_user
+
+NS_FLAGS = {
+    "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
+    "network": sc.CLONE_NEWNET, "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
+}
+# join order: the user namespace first, so the others are joined with its privileges; mount last
+JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+
+
+class Plan:
+    """Everything the children need, computed in the parent (fork copies it)."""
+
+    def __init__(self, config: dict, bundle: str, rootfs: str, rootless: bool, no_pivot: bool,
+                 preserve_fds: int, fifo_fd: int) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.rootfs = rootfs
+        self.rootless = rootless
+        self.no_pivot = no_pivot
+        self.preserve_fds = preserve_fds + _listen_fds()
+        self.fifo_fd = fifo_fd
+        self.namespaces = namespaces(config)
+        self.new_userns = "user" in self.namespaces and self.namespaces["user"] is None
+        # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
+        self.setgroups_allowed = True
+        self.process: dict = config["process"]
+        self.linux: dict = config.get("linux") or {}
+        self.caps = CapabilitySets(self.process.get("capabilities"))
+        self.ns_fds = self._open_namespace_paths()
+        self.seccomp = None
+        if self.linux.get("seccomp"):
+            from pyouki import seccomp
+
+            self.seccomp_module = seccomp
+
+    def _open_namespace_paths(self) -> dict[str, int]:
+        fds = {}
+        for i, (kind, path) in enumerate(self.namespaces.items()):
+            if path:
+                try:
+                    fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as e:
+                    raise PyoukiError(f"linux.namespaces[{i}].path: failed to open {path}: "
+                                      f"{(e.strerror or '').lower()}") from None
+        return fds
+
+
+def _listen_fds() -> int:
+    """Socket-activation fds given to us (LISTEN_FDS for our pid) are passed on, like runc."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "0")) == os.getpid():
+            return int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        pass
+    return 0
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
+    """Enter or create the namespaces, then fork init into them; never returns."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)  # die with the parent while the set-up is under way
+        oom = plan.process.get("oomScoreAdj")
+        if oom is not None:
+            _write_oom_score_adj(oom)
+        for kind in JOIN_ORDER:
+            if kind in plan.ns_fds:
+                try:
+                    sc.setns(plan.ns_fds[kind], NS_FLAGS[kind])
+                except OSError as e:
+                    raise PyoukiError(f"failed to join the {kind} namespace at {plan.namespaces[kind]}: "
+                                      f"{_reason(e)}") from None
+                os.close(plan.ns_fds.pop(kind))
+        if plan.new_userns:
+            try:
+                sc.unshare(sc.CLONE_NEWUSER)
+            except OSError as e:
+                raise PyoukiError(f"failed to create a user namespace: {_reason(e)}") from None
+        up.send("map")
+        verb, arg = down.receive()
+        if verb != "mapped":
+            os._exit(1)  # the parent reports its own error
+        plan.setgroups_allowed = arg == "1"
+        if plan.new_userns:
+            try:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+            except OSError:
+                pass  # 0 is not mapped: stay the overflow id, with full capabilities inside
+        # from here on, no process in the container may ptrace us or read our memory
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        flags = 0
+        for kind, path in plan.namespaces.items():
+            if path is None and kind != "user":
+                flags |= NS_FLAGS[kind]
+        try:
+            sc.unshare(flags)
+        except OSError as e:
+            names = ", ".join(k for k, p in plan.namespaces.items() if p is None and k != "user")
+            raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {_reason(e)}") from None
+        if "time" in plan.namespaces and plan.namespaces["time"] is None:
+            _write_time_offsets(plan.linux.get("timeOffsets") or {})
+        pid = os.fork()
+        if pid == 0:
+            container_init(plan, up)
+            os._exit(1)
+        up.send("pid", str(pid))
+        os._exit(0)
+    except PyoukiError as e:
+        up.send("error", str(e))
+    except OSError as e:
+        up.send("error", f"container set-up failed: {_reason(e)}")
+    except BaseException as e:  # noqa: BLE001 - anything else must still reach the caller as one line
+        up.send("error", f"container set-up failed: {e}")
+    os._exit(1)
+
+
+def _write_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        raise PyoukiError(f"process.oomScoreAdj: failed to set {value}: {_reason(e)}") from None
+
+
+def _write_time_offsets(offsets: dict) -> None:
+    lines = []
+    for clock, name in (("monotonic", "monotonic"), ("boottime", "boottime")):
+        off = offsets.get(clock)
+        if off:
+            lines.append(f"{name} {int(off.get('secs', 0))} {int(off.get('nanosecs', 0))}\n")
+    try:
+        for line in lines:
+            with open("/proc/self/timens_offsets", "w") as f:
+                f.write(line)
+    except OSError as e:
+        raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {_reason(e)}") from None
+
+
+def container_init(plan: Plan, up: Channel) -> None:
+    """Build the container around this process, report ready, wait for start, exec; never returns."""
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # our parent exits next; the container must outlive it
+        os.setsid()
+        exe, env = _setup(plan)
+        up.send("ready")
+        up.close()
+        _wait_for_start(plan.fifo_fd)
+        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
+            plan.seccomp.load()
+        os.execve(exe, plan.process["args"], env)
+    except PyoukiError as e:
+        _report(up, str(e))
+    except OSError as e:
+        _report(up, f"container init failed: {_reason(e)}")
+    except BaseException as e:  # noqa: BLE001
+        _report(up, f"container init failed: {e}")
+    os._exit(127)
+
+
+def _report(up: Channel, message: str) -> None:
+    if up.write_fd >= 0:
+        up.send("error", message)
+    else:  # after `ready`: the caller of create is gone; tell the container's stderr, like runc
+        os.write(2, f"pyouki: {message}\n".encode())
+
+
+def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
+    config, process, linux = plan.config, plan.process, plan.linux
+    in_userns = plan.rootless or "user" in plan.namespaces
+    rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
+    os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
+    specs = fs.do_mounts(config, plan.rootfs, rootfd, plan.rootless)
+    fs.create_devices(config, plan.rootfs, rootfd, specs, in_userns)
+    os.close(rootfd)
+    if linux.get("seccomp"):
+        # libseccomp is loaded and the filter built now, while the host's files are reachable
+        plan.seccomp = plan.seccomp_module.compile_filter(linux["seccomp"], "linux.seccomp")
+    fs.pivot(plan.rootfs, plan.no_pivot)
+    fs.set_root_propagation(linux.get("rootfsPropagation"))
+    if config.get("hostname"):
+        _set_name(sc.sethostname, config["hostname"], "hostname")
+    if config.get("domainname"):
+        _set_name(sc.setdomainname, config["domainname"], "domainname")
+    fs.write_sysctls(linux.get("sysctl") or {})
+    fs.readonly_paths(linux.get("readonlyPaths") or [])
+    fs.mask_paths(linux.get("maskedPaths") or [])
+    if (config.get("root") or {}).get("readonly"):
+        fs.readonly_root()
+    if plan.seccomp is not None and not process.get("noNewPrivileges"):
+        # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
+        plan.seccomp.load()
+    set_rlimits(process.get("rlimits") or [])
+    _drop_privileges(plan)
+    env = environment(process.get("env") or [])
+    cwd = process.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise PyoukiError(f"process.cwd: failed to change to {cwd}: {_reason(e)}") from None
+    exe = resolve_executable(process["args"][0], env)
+    if process.get("noNewPrivileges"):
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    _prepare_fds(plan.preserve_fds)
+    return exe, env
+
+
+def _set_name(setter, value: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        setter(value)
+    except OSError as e:
+        raise PyoukiError(f"{field}: failed to set {value!r}: {_reason(e)}") from None
+
+
+def _drop_privileges(plan: Plan) -> None:
+    """Bounding set, then the user switch with capabilities kept, then the final capability sets."""
+    caps = plan.caps
+    user = plan.process.get("user") or {}
+    if caps.present:
+        caps.drop_bounding()
+    sc.prctl(sc.PR_SET_KEEPCAPS, 1)
+    set_user(user, plan.setgroups_allowed)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 0)
+    if caps.present:
+        caps.apply()
+    else:
+        # no capabilities object: the process gets none, as with runc
+        caps.effective = caps.permitted = caps.inheritable = caps.ambient = []
+        caps.apply()
+
+
+def _prepare_fds(preserve: int) -> None:
+    """Only stdio and the preserved fds reach the container: mark everything else close-on-exec."""
+    for fd in range(3, 3 + preserve):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass
+    sc.close_range_cloexec(3 + preserve)
+
+
+def _wait_for_start(fifo_fd: int) -> None:
+    """Block until `start` writes to exec.fifo."""
+    poller = select.poll()
+    poller.register(fifo_fd, select.POLLIN)
+    while True:
+        poller.poll()
+        try:
+            if os.read(fifo_fd, 1):
+                break
+        except BlockingIOError:
+            continue
+    os.close(fifo_fd)

@@ -1,0 +1,166 @@
+"""The verbs that act on an existing container: start, state, kill, delete, list.
+
+Each refreshes the real status first (state.Container.status), checks that the verb fits it,
+acts, and leaves the record consistent. They import nothing heavy: engines call them for every
+container.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pyouki import log
+from pyouki.errors import ContainerError, PyoukiError
+from pyouki.signals import parse_signal
+from pyouki.state import Container, list_ids
+
+
+def load(root: str, container_id: str) -> Container:
+    """The container with this id, its record read; a clear error if it does not exist."""
+    return Container(root, container_id).load()
+
+
+def start(root: str, container_id: str) -> None:
+    """Let a created container run its process (OCI `start`)."""
+    container = load(root, container_id).lock()
+    try:
+        status = container.status()
+        if status != "created":
+            raise ContainerError(f"cannot start container {container_id}: it is {status}, not created")
+        try:
+            fd = os.open(container.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:  # ENXIO: nobody holds the fifo, init is gone
+            raise ContainerError(f"cannot start container {container_id}: its init process is gone "
+                                 f"({(e.strerror or '').lower()})") from None
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+        os.unlink(container.fifo_path)
+    finally:
+        container.unlock()
+    log.debug(f"container {container_id} started")
+
+
+def state(root: str, container_id: str) -> dict:
+    """The OCI state object of the container."""
+    return load(root, container_id).oci_state()
+
+
+def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes: bool = False) -> None:
+    """Send a signal to the container's init (or with all_processes to every process in it)."""
+    signum = parse_signal(signal_text)
+    container = load(root, container_id)
+    status = container.status()
+    if status == "stopped":
+        raise ContainerError(f"cannot kill container {container_id}: it is not running")
+    pids = container_pids(container) if all_processes else [container.pid]
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+        except OSError as e:
+            raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
+                              f"{(e.strerror or '').lower()}") from None
+
+
+def container_pids(container: Container) -> list[int]:
+    """Every process of the container: from its cgroup when it has one, else its pid namespace."""
+    if container.record.get("cgroup"):
+        from pyouki.cgroups import manager_from_state
+
+        manager = manager_from_state(container.record["cgroup"])
+        if manager is not None:
+            return manager.pids()
+    init = container.pid
+    try:
+        ns = os.readlink(f"/proc/{init}/ns/pid")
+    except OSError:
+        return []
+    if not container.record.get("pid_ns"):
+        return [init]
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") == ns:
+                    pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
+def delete(root: str, container_id: str, force: bool = False) -> None:
+    """Remove a stopped container (with force, kill it first); force on a missing id is not an error."""
+    container = Container(root, container_id)
+    try:
+        container.load()
+        container.lock()
+    except ContainerError:
+        if force:
+            return
+        raise
+    try:
+        status = container.status()
+        if status not in ("stopped",):
+            if not force:
+                raise ContainerError(f"cannot delete container {container_id} that is not stopped: {status}")
+            _kill_all_and_wait(container)
+        _remove_cgroup(container)
+        container.remove_dir()
+    finally:
+        container.unlock()
+    log.debug(f"container {container_id} deleted")
+
+
+def _kill_all_and_wait(container: Container) -> None:
+    for pid in container_pids(container) or [container.pid]:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    wait_for_exit(container)
+
+
+def wait_for_exit(container: Container, timeout: float = 10.0) -> None:
+    """Wait until init is gone, on a pidfd when possible (no sleeping poll loop)."""
+    try:
+        pidfd = os.pidfd_open(container.pid)
+    except OSError:
+        return  # already gone
+    try:
+        if not container.alive():
+            return
+        import select
+
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    # a pidfd is readable once the process is a zombie; its parent reaps it. Give that a moment.
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while container.alive() and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _remove_cgroup(container: Container) -> None:
+    if container.record.get("cgroup"):
+        from pyouki.cgroups import manager_from_state
+
+        manager = manager_from_state(container.record["cgroup"])
+        if manager is not None:
+            manager.remove()
+
+
+def list_containers(root: str) -> list[dict]:
+    """The OCI state of every container under root."""
+    result = []
+    for container_id in list_ids(root):
+        try:
+            result.append(load(root, container_id).oci_state())
+        except PyoukiError:
+            continue
+    return result

@@ -1,0 +1,58 @@
+"""Logging to --log in runc's formats (logrus text or JSON lines), so engines can parse it.
+
+Opened lazily: a command that logs nothing never touches the file, and JSON escaping needs no
+`json` import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyouki.state import rfc3339_now
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "fatal": 50, "panic": 50}
+_settings: dict = {"path": "", "format": "text", "level": 30}
+_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {34: '\\"', 92: "\\\\", 10: "\\n", 9: "\\t", 13: "\\r"}
+
+
+def json_string(value: str) -> str:
+    """A JSON string literal for value (UTF-8 kept as is)."""
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def configure(path: str | None, fmt: str = "text", level: str = "warning", debug: bool = False) -> None:
+    """Remember where and how to log; nothing is opened until a line is written."""
+    _settings["path"] = path or ""
+    _settings["format"] = fmt if fmt in ("text", "json") else "text"
+    _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
+
+
+def log(level: str, msg: str) -> None:
+    """Write one line at level, when the level is enabled and a log file was given."""
+    if not _settings["path"] or LEVELS[level] < int(_settings["level"]):
+        return
+    if _settings["format"] == "json":
+        line = f'{{"level":"{level}","msg":{json_string(msg)},"time":"{rfc3339_now()}"}}\n'
+    else:
+        line = f'time="{rfc3339_now()}" level={level} msg={json_string(msg)}\n'
+    try:
+        fd = os.open(str(_settings["path"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {(e.strerror or '').lower()}\n")
+
+
+def debug(msg: str) -> None:
+    log("debug", msg)
+
+
+def warning(msg: str) -> None:
+    log("warning", msg)
+
+
+def error(msg: str) -> None:
+    log("error", msg)

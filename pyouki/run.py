@@ -1,0 +1,63 @@
+"""`run`: create and start a container, then (in the foreground) wait for it like a shell would.
+
+In the foreground pyouki is the subreaper of the container's init, so it can wait for it,
+forwards the signals it receives to it, returns its exit status (128+N for signal N), and
+deletes it unless --keep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from pyouki.create import CreateOptions, create
+from pyouki.lifecycle import delete, start
+
+# not forwarded: SIGCHLD is ours, SIGWINCH and SIGURG are noise without a terminal, KILL/STOP can't be caught
+_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINCH, signal.SIGURG}
+
+
+def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
+    """Run the container; return its exit status (0 when detached)."""
+    container = create(opts, subreaper=not detach)
+    pid = container.pid
+    if detach:
+        start(opts.root, opts.id)
+        return 0
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in signal.valid_signals():
+        if sig not in _NOT_FORWARDED:
+            try:
+                signal.signal(sig, forward)
+            except (OSError, ValueError):
+                pass
+    try:
+        start(opts.root, opts.id)
+        status = _wait(pid)
+    except BaseException:
+        delete(opts.root, opts.id, force=True)
+        raise
+    if not keep:
+        delete(opts.root, opts.id, force=True)
+    return status
+
+
+def _wait(pid: int) -> int:
+    """Reap children until init exits; orphans of the container come to us too and are reaped."""
+    while True:
+        try:
+            child, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if child == pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
