@@ -22,6 +22,7 @@ from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 if TYPE_CHECKING:
     from pyouki import init
+    from pyouki.cgroups.manager import CgroupManager
 
 
 class CreateOptions:
@@ -29,7 +30,8 @@ class CreateOptions:
 
     def __init__(self, root: str, container_id: str, bundle: str = ".", pid_file: str | None = None,
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
-                 preserve_fds: int = 0, rootless: bool = False) -> None:
+                 preserve_fds: int = 0, rootless: bool = False, systemd_cgroup: bool = False,
+                 cgroups: bool = True) -> None:
         self.root = root
         self.id = container_id
         self.bundle = bundle
@@ -39,6 +41,8 @@ class CreateOptions:
         self.no_new_keyring = no_new_keyring
         self.preserve_fds = preserve_fds
         self.rootless = rootless
+        self.systemd_cgroup = systemd_cgroup
+        self.cgroups = cgroups  # False with crun's --cgroup-manager=disabled
 
 
 def create(opts: CreateOptions, subreaper: bool = False) -> Container:
@@ -58,8 +62,15 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
     except OSError as e:
         raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
     init_pid = 0
+    cgroup = None
     try:
         container.lock()
+        if opts.cgroups:
+            from pyouki.cgroups import make_manager
+
+            linux = config.get("linux") or {}
+            cgroup = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
+                                  systemd=opts.systemd_cgroup)
         fifo = os.path.join(container.dir, FIFO_FILE)
         os.mkfifo(fifo, 0o600)
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
@@ -70,7 +81,7 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         try:
-            init_pid = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd)
+            init_pid = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
         finally:
             os.close(fifo_fd)
         container.record = {
@@ -83,7 +94,7 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
             "owner": _owner_name(),
             "annotations": config.get("annotations") or {},
             "rootless": opts.rootless,
-            "cgroup": None,
+            "cgroup": cgroup.to_state() if cgroup is not None else None,
             "pid_ns": "pid" in namespaces(config),
         }
         container.save()
@@ -92,6 +103,8 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
     except BaseException:
         if init_pid:
             _kill_and_reap(init_pid)
+        if cgroup is not None:
+            cgroup.remove()
         container.remove_dir()
         raise
     finally:
@@ -139,7 +152,8 @@ def _kill_and_reap(pid: int) -> None:
         pass
 
 
-def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int) -> int:
+def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int,
+           cgroup: CgroupManager | None) -> int:
     """Fork the intermediate process and drive the set-up; return init's pid once it is ready."""
     from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
 
@@ -160,7 +174,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         while True:
             verb, arg = up.receive()
             if verb == "map":
-                _map_ids(plan, pid, down_w)
+                _enter_cgroup_and_map_ids(plan, pid, down_w, cgroup)
             elif verb == "pid":
                 init_pid = int(arg)
                 os.waitpid(pid, 0)
@@ -182,11 +196,20 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         down_w.close()
 
 
-def _map_ids(plan: init.Plan, pid: int, down: Channel) -> None:
-    """Write the intermediate's id maps (or none), then let it go on; errors go both ways."""
+def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: CgroupManager | None) -> None:
+    """Put the intermediate in its cgroup (before it makes a cgroup namespace), write its id maps,
+    then let it go on; errors go both ways."""
     from pyouki.userns.idmap import write_mappings
 
     try:
+        if cgroup is not None:
+            cgroup.apply(pid)
+            from pyouki.rootfs import device_rules
+
+            linux = plan.config.get("linux") or {}
+            resources = dict(linux.get("resources") or {})
+            resources["devices"] = device_rules(linux)
+            cgroup.set_resources(resources)
         if plan.new_userns:
             linux = plan.config.get("linux") or {}
             plan.setgroups_allowed = write_mappings(pid, linux.get("uidMappings") or [],

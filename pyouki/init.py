@@ -105,7 +105,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         verb, arg = down.receive()
         if verb != "mapped":
             os._exit(1)  # the parent reports its own error
-        plan.setgroups_allowed = arg == "1"
+        plan.setgroups_allowed = arg == "1" and _setgroups_allowed()
         if plan.new_userns:
             try:
                 os.setresgid(0, 0, 0)
@@ -138,6 +138,15 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
     except BaseException as e:  # noqa: BLE001 - anything else must still reach the caller as one line
         up.send("error", f"container set-up failed: {e}")
     os._exit(1)
+
+
+def _setgroups_allowed() -> bool:
+    """False when this user namespace (new or joined) was set up with setgroups denied."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
 
 
 def _write_oom_score_adj(value: int) -> None:

@@ -104,8 +104,9 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         raise
     try:
         status = container.status()
-        if status not in ("stopped",):
-            if not force:
+        if status != "stopped":
+            # like runc, a created container (its process never started) goes without --force
+            if status != "created" and not force:
                 raise ContainerError(f"cannot delete container {container_id} that is not stopped: {status}")
             _kill_all_and_wait(container)
         _remove_cgroup(container)

@@ -12,7 +12,7 @@ import sys
 from pyouki.state import rfc3339_now
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "fatal": 50, "panic": 50}
-_settings: dict = {"path": "", "format": "text", "level": 30}
+_settings: dict = {"path": "", "format": "text", "level": 30, "fd": -1}
 _ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {34: '\\"', 92: "\\\\", 10: "\\n", 9: "\\t", 13: "\\r"}
 
 
@@ -22,8 +22,16 @@ def json_string(value: str) -> str:
 
 
 def configure(path: str | None, fmt: str = "text", level: str = "warning", debug: bool = False) -> None:
-    """Remember where and how to log; nothing is opened until a line is written."""
+    """Open the log file (an unusable --log fails the command up front, like runc) and set the format."""
+    from pyouki.errors import PyoukiError
+
     _settings["path"] = path or ""
+    if path:
+        try:
+            _settings["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            _settings["path"] = ""
+            raise PyoukiError(f"failed to open log file {path}: {(e.strerror or str(e)).lower()}") from None
     _settings["format"] = fmt if fmt in ("text", "json") else "text"
     _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
 
@@ -37,11 +45,7 @@ def log(level: str, msg: str) -> None:
     else:
         line = f'time="{rfc3339_now()}" level={level} msg={json_string(msg)}\n'
     try:
-        fd = os.open(str(_settings["path"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        os.write(_settings["fd"], line.encode())
     except OSError as e:
         sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {(e.strerror or '').lower()}\n")
 

@@ -42,9 +42,9 @@ def detect_mode(root: str = "/sys/fs/cgroup") -> str:
 
 
 def _debug(msg: str) -> None:
-    import logging
+    from pyouki import log
 
-    logging.getLogger("pyouki.cgroups").debug(msg)
+    log.debug(msg)
 
 
 def make_manager(

@@ -58,9 +58,20 @@ def build(dispatch: Any) -> click.Group:
 
 
 def main(argv: list[str], dispatch: Any) -> int:
-    """Run click on argv; return the exit status."""
+    """Run click on argv; return the exit status. Usage errors are one line, like every error."""
     try:
-        build(dispatch).main(argv, prog_name="pyouki", standalone_mode=True)
+        result = build(dispatch).main(argv, prog_name="pyouki", standalone_mode=False)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    return 0
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        return 0
+    except click.ClickException as e:
+        message = e.format_message().replace("\n", " ")
+        command = f" {e.ctx.info_name}" if getattr(e, "ctx", None) and e.ctx and e.ctx.parent else ""
+        hint = f" (see 'pyouki{command} --help')"
+        click.echo(f"pyouki: {message[:1].lower()}{message[1:].rstrip('.')}{hint}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return result if isinstance(result, int) else 0

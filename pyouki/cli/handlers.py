@@ -29,6 +29,8 @@ def _create_options(globals_: dict, options: dict, args: dict):  # type: ignore[
         pid_file=options.get("pid_file"), console_socket=options.get("console_socket"),
         no_pivot=bool(options.get("no_pivot")), no_new_keyring=bool(options.get("no_new_keyring")),
         preserve_fds=int(options.get("preserve_fds") or 0), rootless=is_rootless(globals_.get("rootless") or "auto"),
+        systemd_cgroup=bool(globals_.get("systemd_cgroup")) or globals_.get("cgroup_manager") == "systemd",
+        cgroups=globals_.get("cgroup_manager") != "disabled",
     )
 
 

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
     """Run one command with parsed options; turn PyoukiError into the one-line failure."""
-    log.configure(globals_.get("log"), globals_.get("log_format") or "text",
-                  globals_.get("log_level") or "warning", bool(globals_.get("debug")))
     try:
+        log.configure(globals_.get("log"), globals_.get("log_format") or "text",
+                      globals_.get("log_level") or "warning", bool(globals_.get("debug")))
         from pyouki.cli import handlers
 
         return int(getattr(handlers, "cmd_" + command.name)(globals_, options, args) or 0)
