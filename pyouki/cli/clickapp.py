@@ -68,7 +68,8 @@ def main(argv: list[str], dispatch: Any) -> int:
         return 0
     except click.ClickException as e:
         message = e.format_message().replace("\n", " ")
-        command = f" {e.ctx.info_name}" if getattr(e, "ctx", None) and e.ctx and e.ctx.parent else ""
+        ctx = getattr(e, "ctx", None)
+        command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
         hint = f" (see 'pyouki{command} --help')"
         click.echo(f"pyouki: {message[:1].lower()}{message[1:].rstrip('.')}{hint}", err=True)
         return e.exit_code
