@@ -45,16 +45,20 @@ class CreateOptions:
         self.cgroups = cgroups  # False with crun's --cgroup-manager=disabled
 
 
-def create(opts: CreateOptions, subreaper: bool = False) -> Container:
-    """Create the container; return it with its record saved (status `created`)."""
+def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = False) -> Container:
+    """Create the container; return it with its record saved (status `created`).
+
+    With process.terminal, the pty master goes to --console-socket, or (foreground `run`) is
+    left in container.console_master for the caller to relay.
+    """
     container = Container(opts.root, opts.id)
     bundle, config = load_bundle(opts.bundle)
     rootfs = validate(config, bundle, opts.rootless)
-    if (config.get("process") or {}).get("terminal") and not opts.console_socket:
-        raise PyoukiError("process.terminal: a terminal needs --console-socket (terminal support is not "
-                          "implemented yet)")
-    if opts.console_socket:
-        raise PyoukiError("--console-socket: not supported yet")
+    terminal = bool((config.get("process") or {}).get("terminal"))
+    if terminal and not opts.console_socket and not foreground:
+        raise PyoukiError("process.terminal: a terminal needs --console-socket when the container is detached")
+    if opts.console_socket and not terminal:
+        raise PyoukiError("--console-socket: given, but process.terminal is false")
     try:
         os.mkdir(container.dir, 0o700)
     except FileExistsError:
@@ -81,7 +85,7 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         try:
-            init_pid = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
+            init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
         finally:
             os.close(fifo_fd)
         container.record = {
@@ -95,11 +99,21 @@ def create(opts: CreateOptions, subreaper: bool = False) -> Container:
             "annotations": config.get("annotations") or {},
             "rootless": opts.rootless,
             "cgroup": cgroup.to_state() if cgroup is not None else None,
-            "pid_ns": "pid" in namespaces(config),
+            # a pid namespace of its own (not joined): kill --all may then signal everything in it
+            "pid_ns": "pid" in namespaces(config) and namespaces(config)["pid"] is None,
         }
         container.save()
         if opts.pid_file:
             write_pid_file(opts.pid_file, init_pid)
+        if master >= 0 and opts.console_socket:
+            from pyouki.console import send_to_console_socket
+
+            try:
+                send_to_console_socket(opts.console_socket, master)
+            finally:
+                os.close(master)
+            master = -1
+        container.console_master = master
     except BaseException:
         if init_pid:
             _kill_and_reap(init_pid)
@@ -153,14 +167,23 @@ def _kill_and_reap(pid: int) -> None:
 
 
 def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int,
-           cgroup: CgroupManager | None) -> int:
-    """Fork the intermediate process and drive the set-up; return init's pid once it is ready."""
+           cgroup: CgroupManager | None) -> tuple[int, int]:
+    """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
+    the terminal's master fd (-1 without a terminal)."""
     from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
 
-    plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd)
+    plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
+                     opts.id, not opts.no_new_keyring)
+    console_parent = None
+    if plan.process.get("terminal"):
+        from pyouki import console
+
+        console_parent, plan.console_sock = console.socketpair()
     up, down_w, down_r, up_w = pipe_pair()
     pid = os.fork()
     if pid == 0:
+        if console_parent is not None:
+            console_parent.close()
         # the lock is on the open file description: a child holding it would keep it forever
         os.close(lock_fd)
         up.close()
@@ -169,6 +192,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         os._exit(1)  # not reached
     up_w.close()
     down_r.close()
+    if plan.console_sock is not None:
+        plan.console_sock.close()
     init_pid = 0
     try:
         while True:
@@ -180,7 +205,11 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 os.waitpid(pid, 0)
                 pid = 0
             elif verb == "ready":
-                return init_pid
+                if console_parent is not None:
+                    from pyouki.console import receive_master
+
+                    return init_pid, receive_master(console_parent)
+                return init_pid, -1
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
@@ -194,6 +223,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             _kill_and_reap(pid)
         up.close()
         down_w.close()
+        if console_parent is not None:
+            console_parent.close()
 
 
 def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: CgroupManager | None) -> None:

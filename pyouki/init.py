@@ -21,6 +21,10 @@ from pyouki.config import namespaces
 from pyouki.errors import PyoukiError
 from pyouki.process import environment, resolve_executable, set_rlimits, set_user
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import socket
+
 NS_FLAGS = {
     "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
     "network": sc.CLONE_NEWNET, "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
@@ -33,7 +37,7 @@ class Plan:
     """Everything the children need, computed in the parent (fork copies it)."""
 
     def __init__(self, config: dict, bundle: str, rootfs: str, rootless: bool, no_pivot: bool,
-                 preserve_fds: int, fifo_fd: int) -> None:
+                 preserve_fds: int, fifo_fd: int, container_id: str = "", new_keyring: bool = True) -> None:
         self.config = config
         self.bundle = bundle
         self.rootfs = rootfs
@@ -41,6 +45,8 @@ class Plan:
         self.no_pivot = no_pivot
         self.preserve_fds = preserve_fds + _listen_fds()
         self.fifo_fd = fifo_fd
+        self.container_id = container_id
+        self.new_keyring = new_keyring
         self.namespaces = namespaces(config)
         self.new_userns = "user" in self.namespaces and self.namespaces["user"] is None
         # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
@@ -50,6 +56,8 @@ class Plan:
         self.caps = CapabilitySets(self.process.get("capabilities"))
         self.ns_fds = self._open_namespace_paths()
         self.seccomp = None
+        # the child's end of the terminal socketpair, when process.terminal
+        self.console_sock: socket.socket | None = None
         if self.linux.get("seccomp"):
             from pyouki import seccomp
 
@@ -176,6 +184,8 @@ def container_init(plan: Plan, up: Channel) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # our parent exits next; the container must outlive it
         os.setsid()
+        if plan.new_keyring:
+            _new_session_keyring(plan.container_id)
         exe, env = _setup(plan)
         up.send("ready")
         up.close()
@@ -190,6 +200,15 @@ def container_init(plan: Plan, up: Channel) -> None:
     except BaseException as e:  # noqa: BLE001
         _report(up, f"container init failed: {e}")
     os._exit(127)
+
+
+def _new_session_keyring(container_id: str) -> None:
+    """Keep the host's session keyring (and its keys) out of the container, like runc."""
+    try:
+        sc.join_session_keyring(f"_ses.{container_id}")
+    except OSError as e:
+        if e.errno not in (1, 13, 38):  # EPERM/EACCES/ENOSYS: keyrings unavailable here; runc goes on too
+            raise PyoukiError(f"failed to create a session keyring: {_reason(e)}") from None
 
 
 def _report(up: Channel, message: str) -> None:
@@ -221,6 +240,12 @@ def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
     fs.mask_paths(linux.get("maskedPaths") or [])
     if (config.get("root") or {}).get("readonly"):
         fs.readonly_root()
+    if plan.console_sock is not None:
+        from pyouki import console  # already imported by the parent before the fork
+
+        user = process.get("user") or {}
+        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)),
+                                   int(user.get("gid", 0)))
     if plan.seccomp is not None and not process.get("noNewPrivileges"):
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
         plan.seccomp.load()

@@ -80,6 +80,7 @@ def container_pids(container: Container) -> list[int]:
     except OSError:
         return []
     if not container.record.get("pid_ns"):
+        # without a pid namespace of its own there is no way to tell its processes from others'
         return [init]
     pids = []
     for name in os.listdir("/proc"):

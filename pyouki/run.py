@@ -19,7 +19,7 @@ _NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINC
 
 def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
     """Run the container; return its exit status (0 when detached)."""
-    container = create(opts, subreaper=not detach)
+    container = create(opts, subreaper=not detach, foreground=not detach)
     pid = container.pid
     if detach:
         start(opts.root, opts.id)
@@ -40,7 +40,15 @@ def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
             except (OSError, ValueError):
                 pass
     try:
+        if container.console_master >= 0:
+            from pyouki.console import inherit_size
+
+            inherit_size(container.console_master)
         start(opts.root, opts.id)
+        if container.console_master >= 0:
+            from pyouki.console import relay
+
+            relay(container.console_master)
         status = _wait(pid)
     except BaseException:
         delete(opts.root, opts.id, force=True)

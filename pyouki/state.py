@@ -125,6 +125,7 @@ class Container:
         self.dir = os.path.join(root, container_id)
         self.record: dict = {}
         self._lock_fd = -1
+        self.console_master = -1  # set by create for a foreground run with a terminal
 
     # -- record ---------------------------------------------------------------------------
     def load(self) -> Container:

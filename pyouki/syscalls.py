@@ -59,8 +59,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # x86_64 and aarch64 syscall numbers for what libc may not export
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "close_range": 436, "openat2": 437, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "close_range": 436, "openat2": 437, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "close_range": 436, "openat2": 437, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "close_range": 436, "openat2": 437, "mount_setattr": 442},
 }
 CLOSE_RANGE_CLOEXEC = 4
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -116,6 +116,11 @@ def umount2(target: str, flags: int = 0) -> None:
 def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2), by number: glibc has no wrapper."""
     _check(_libc.syscall(ctypes.c_long(_nr("pivot_root")), _b(new_root), _b(put_old)))
+
+
+def join_session_keyring(name: str) -> None:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, name): a new session keyring for this process."""
+    _check(_libc.syscall(ctypes.c_long(_nr("keyctl")), ctypes.c_int(1), _b(name)))
 
 
 def sethostname(name: str) -> None:
