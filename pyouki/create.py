@@ -195,8 +195,11 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
     if plan.console_sock is not None:
         plan.console_sock.close()
     init_pid = 0
+    ready = False
     try:
-        while True:
+        # init and the intermediate share the pipe: init's "ready" may arrive before the
+        # intermediate's "pid", so wait for both
+        while not (ready and init_pid):
             verb, arg = up.receive()
             if verb == "map":
                 _enter_cgroup_and_map_ids(plan, pid, down_w, cgroup)
@@ -205,15 +208,16 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 os.waitpid(pid, 0)
                 pid = 0
             elif verb == "ready":
-                if console_parent is not None:
-                    from pyouki.console import receive_master
-
-                    return init_pid, receive_master(console_parent)
-                return init_pid, -1
+                ready = True
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
                 raise PyoukiError("container init exited before it was ready")
+        if console_parent is not None:
+            from pyouki.console import receive_master
+
+            return init_pid, receive_master(console_parent)
+        return init_pid, -1
     except BaseException:
         if init_pid:
             _kill_and_reap(init_pid)

@@ -58,9 +58,7 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
     pids = container_pids(container) if all_processes else [container.pid]
     for pid in pids:
         try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
+            _signal(pid, signum)
         except OSError as e:
             raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
                               f"{(e.strerror or '').lower()}") from None
@@ -119,11 +117,18 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
 
 def _kill_all_and_wait(container: Container) -> None:
     for pid in container_pids(container) or [container.pid]:
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
+        _signal(pid, 9)
     wait_for_exit(container)
+
+
+def _signal(pid: int, signum: int) -> None:
+    """os.kill for one real process: pid 0 or -1 would signal a whole group or everything."""
+    if pid <= 1:
+        raise PyoukiError(f"refusing to signal pid {pid}: the container's record is damaged")
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def wait_for_exit(container: Container, timeout: float = 10.0) -> None:

@@ -1,6 +1,6 @@
 """A bundle captured from rootful podman runs as root, and its security settings take effect.
 
-The config is ``/work/shared/clients/podman-rootful-config.json`` (or ``PYOUKI_PODMAN_CONFIG``)
+The config is ``tests/fixtures/clients/podman-rootful-config.json`` (or ``PYOUKI_PODMAN_CONFIG``)
 with its rootfs, bind-mount sources, network namespace and cgroup path replaced by test ones.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from harness import Bundle, Runner, mounts_under
 
+# captured from podman by the team (shared/clients), carried in the repo as a fixture
 PODMAN_CONFIG = Path(os.environ.get("PYOUKI_PODMAN_CONFIG",
-                                    "/work/shared/clients/podman-rootful-config.json"))
+                                    Path(__file__).parent / "fixtures/clients/podman-rootful-config.json"))
 CAPS = {
     "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
     "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10,

@@ -22,7 +22,7 @@ import pytest
 from pyouki.errors import ConfigError, PyoukiError
 from pyouki.seccomp import SeccompFilter, compile_filter, validate
 
-CLIENTS = Path("/work/shared/clients")
+CLIENTS = Path(__file__).resolve().parent / "fixtures" / "clients"  # configs captured from real engines
 PODMAN_CONFIG = CLIENTS / "podman-rootful-config.json"
 REPO = Path(__file__).resolve().parent.parent
 
