@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ def session_dir() -> Iterator[Path]:
         # A leaked bind mount under d would make rmtree delete the mount's source: detach first.
         detach_mounts_under(d)
         shutil.rmtree(d, ignore_errors=True)
+        if d.exists():  # a container process may still have been writing: one more go
+            time.sleep(0.5)
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

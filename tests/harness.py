@@ -283,6 +283,7 @@ class Runner:
     workdir: Path
     mark: str = field(default_factory=lambda: uuid.uuid4().hex)
     ids: list[str] = field(default_factory=list)
+    used_default_root: bool = False
 
     def __post_init__(self) -> None:
         self.xdg = self.workdir / "xdg"
@@ -330,6 +331,8 @@ class Runner:
     def argv(self, args: Sequence[str], root: str | None | bool = True) -> list[str]:
         """Full argv: runtime path, ``--root`` (True: this runner's, str: that dir, None: none)."""
         argv = [self.runtime.path]
+        if root is None:
+            self.used_default_root = True
         if root is True:
             argv += ["--root", str(self.state_root)]
         elif isinstance(root, str):
@@ -486,12 +489,27 @@ class Runner:
 
     def cleanup(self) -> None:
         """Force-delete every container this runner touched and kill stragglers."""
-        roots: list[str | None | bool] = [True, None]
-        for cid in self.ids:
+        roots: list[str | None | bool] = [True, None] if self.used_default_root else [True]
+        known = set(self.state_entries())
+        stray: list[int] = []
+        for cid in dict.fromkeys(self.ids + sorted(known)):
+            if not self.used_default_root and cid not in known:
+                continue
             for root in roots:
                 try:
-                    self.cmd("delete", "--force", cid, root=root, timeout=20)
-                except AssertionError:
+                    r = self.cmd("state", "--", cid, root=root, timeout=20)
+                    if r.returncode == 0:
+                        stray.append(int(json.loads(r.stdout).get("pid") or 0))
+                    # "--": an id starting with "-" must not be taken for an option
+                    self.cmd("delete", "--force", "--", cid, root=root, timeout=20)
+                except (AssertionError, ValueError):
+                    pass
+        # runc's waiting "runc init" has a clean environment (no marker): kill by recorded pid
+        for pid in stray:
+            if pid > 0 and pid_alive(pid) and MARK_VAR.encode() not in _environ(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 5
         while self.leftover_pids() and time.monotonic() < deadline:
@@ -529,6 +547,14 @@ def wait_pid_gone(pid: int, timeout: float = 10.0) -> bool:
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     return not pid_alive(pid)
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def marked_pids(mark: str) -> list[int]:

@@ -44,6 +44,7 @@ def test_parallel_lifecycles(runner: Runner, bundle: Bundle) -> None:
 def test_parallel_runs_all_report_their_own_exit_code(runner: Runner, bundle: Bundle) -> None:
     bundle.sh('exit "$CODE"')
     results: dict[int, int] = {}
+    details: dict[int, str] = {}
 
     def one(i: int) -> None:
         # a bundle dir per exit code, all sharing the first bundle's rootfs
@@ -56,14 +57,17 @@ def test_parallel_runs_all_report_their_own_exit_code(runner: Runner, bundle: Bu
         cfg["root"] = {"path": str(bundle.rootfs)}
         mine = Bundle(path=d, config=cfg, owner=runner.owner)
         mine.write()
-        results[i] = runner.run(runner.new_id(f"rc{i}"), mine).returncode
+        r = runner.run(runner.new_id(f"rc{i}"), mine)
+        results[i] = r.returncode
+        details[i] = str(r)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == {i: i for i in range(10)}
+    wrong = [details[i] for i in range(10) if results.get(i) != i]
+    assert wrong == [], "\n".join(wrong)
     assert runner.state_entries() == []
 
 

@@ -341,3 +341,54 @@ def test_log_json_and_debug(runner: Runner, bundle: Bundle, workdir: Path) -> No
     for line in log.read_text().splitlines():
         entry = json.loads(line)
         assert {"level", "msg", "time"} <= set(entry)
+
+
+def test_no_pivot(runner: Runner, bundle: Bundle) -> None:
+    bundle.add_file("/only-in-rootfs", "marker\n")
+    bundle.sh("cat /only-in-rootfs; [ -e /proc/self/mountinfo ] && echo proc-ok")
+    r = runner.run(runner.new_id(), bundle, "--no-pivot").ok()
+    assert r.stdout.split() == ["marker", "proc-ok"]
+
+
+def test_no_new_keyring(runner: Runner, bundle: Bundle) -> None:
+    bundle.sh("echo keyring-ok")
+    cid = runner.new_id()
+    out = runner.workdir / "out"
+    runner.create(cid, bundle, "--no-new-keyring", stdout=out).ok()
+    runner.start(cid).ok()
+    assert runner.wait_status(cid, "stopped") == "stopped"
+    runner.delete(cid).ok()
+    assert "keyring-ok" in out.read_text()
+
+
+def test_state_annotations(runner: Runner, bundle: Bundle) -> None:
+    bundle.config["annotations"] = {"org.example.key": "value", "io.test/other": "2"}
+    bundle.write()
+    cid = runner.new_id()
+    runner.create(cid, bundle).ok()
+    st = runner.state(cid)
+    assert st["annotations"] == {"org.example.key": "value", "io.test/other": "2"}
+    assert set(st) >= {"ociVersion", "id", "status", "pid", "bundle"}
+    runner.delete(cid).ok()
+
+
+def test_version_and_help(runner: Runner) -> None:
+    v = runner.cmd("--version", root=None).ok()
+    assert "version" in v.stdout.lower()
+    h = runner.cmd("--help", root=None).ok()
+    for verb in ("create", "start", "state", "kill", "delete", "run", "list", "spec"):
+        assert verb in h.stdout
+
+
+def test_engine_minimal_environment(runner: Runner, bundle: Bundle) -> None:
+    """Podman calls kill/delete with only XDG_RUNTIME_DIR set (empty for rootful)."""
+    bundle.sh("sleep 1000")
+    cid = runner.new_id()
+    runner.run(cid, bundle, "-d").ok()
+    pid = runner.state(cid)["pid"]
+    env = {"XDG_RUNTIME_DIR": str(runner.xdg) if runner.rootless else ""}
+    runner.kill(cid, "KILL", env=env).ok()
+    assert runner.wait_status(cid, "stopped") == "stopped"
+    runner.delete(cid, env=env).ok()
+    assert wait_pid_gone(pid)
+    assert runner.state_entries() == []
