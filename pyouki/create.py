@@ -102,6 +102,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
             "pid_ns": "pid" in namespaces(config) and namespaces(config)["pid"] is None,
         }
+        container.save_config(config)
         container.save()
         if opts.pid_file:
             write_pid_file(opts.pid_file, init_pid)

@@ -43,7 +43,7 @@ class Plan:
         self.rootfs = rootfs
         self.rootless = rootless
         self.no_pivot = no_pivot
-        self.preserve_fds = preserve_fds + _listen_fds()
+        self.preserve_fds = preserve_fds + listen_fds()
         self.fifo_fd = fifo_fd
         self.container_id = container_id
         self.new_keyring = new_keyring
@@ -75,7 +75,7 @@ class Plan:
         return fds
 
 
-def _listen_fds() -> int:
+def listen_fds() -> int:
     """Socket-activation fds given to us (LISTEN_FDS for our pid) are passed on, like runc."""
     try:
         if int(os.environ.get("LISTEN_PID", "0")) == os.getpid():
@@ -113,7 +113,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         verb, arg = down.receive()
         if verb != "mapped":
             os._exit(1)  # the parent reports its own error
-        plan.setgroups_allowed = arg == "1" and _setgroups_allowed()
+        plan.setgroups_allowed = arg == "1" and setgroups_allowed()
         if plan.new_userns:
             try:
                 os.setresgid(0, 0, 0)
@@ -148,7 +148,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
     os._exit(1)
 
 
-def _setgroups_allowed() -> bool:
+def setgroups_allowed() -> bool:
     """False when this user namespace (new or joined) was set up with setgroups denied."""
     try:
         with open("/proc/self/setgroups") as f:
@@ -250,7 +250,7 @@ def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
         plan.seccomp.load()
     set_rlimits(process.get("rlimits") or [])
-    _drop_privileges(plan)
+    drop_privileges(plan.caps, process.get("user") or {}, plan.setgroups_allowed)
     env = environment(process.get("env") or [])
     cwd = process.get("cwd") or "/"
     try:
@@ -260,7 +260,7 @@ def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
     exe = resolve_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    _prepare_fds(plan.preserve_fds)
+    prepare_fds(plan.preserve_fds)
     return exe, env
 
 
@@ -271,24 +271,20 @@ def _set_name(setter, value: str, field: str) -> None:  # type: ignore[no-untype
         raise PyoukiError(f"{field}: failed to set {value!r}: {_reason(e)}") from None
 
 
-def _drop_privileges(plan: Plan) -> None:
+def drop_privileges(caps: CapabilitySets, user: dict, setgroups_allowed: bool) -> None:
     """Bounding set, then the user switch with capabilities kept, then the final capability sets."""
-    caps = plan.caps
-    user = plan.process.get("user") or {}
     if caps.present:
         caps.drop_bounding()
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
-    set_user(user, plan.setgroups_allowed)
+    set_user(user, setgroups_allowed)
     sc.prctl(sc.PR_SET_KEEPCAPS, 0)
-    if caps.present:
-        caps.apply()
-    else:
+    if not caps.present:
         # no capabilities object: the process gets none, as with runc
         caps.effective = caps.permitted = caps.inheritable = caps.ambient = []
-        caps.apply()
+    caps.apply()
 
 
-def _prepare_fds(preserve: int) -> None:
+def prepare_fds(preserve: int) -> None:
     """Only stdio and the preserved fds reach the container: mark everything else close-on-exec."""
     for fd in range(3, 3 + preserve):
         try:

@@ -24,21 +24,7 @@ def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
     if detach:
         start(opts.root, opts.id)
         return 0
-    forwarded: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        forwarded.append(signum)
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in signal.valid_signals():
-        if sig not in _NOT_FORWARDED:
-            try:
-                signal.signal(sig, forward)
-            except (OSError, ValueError):
-                pass
+    forward_signals(pid)
     try:
         if container.console_master >= 0:
             from pyouki.console import inherit_size
@@ -49,7 +35,7 @@ def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
             from pyouki.console import relay
 
             relay(container.console_master)
-        status = _wait(pid)
+        status = reap(pid)
     except BaseException:
         delete(opts.root, opts.id, force=True)
         raise
@@ -58,7 +44,24 @@ def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
     return status
 
 
-def _wait(pid: int) -> int:
+def forward_signals(pid: int, except_: tuple[int, ...] = ()) -> None:
+    """Pass every signal we can catch on to pid (the container's process)."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in signal.valid_signals():
+        if sig not in _NOT_FORWARDED and sig not in except_:
+            try:
+                signal.signal(sig, forward)
+            except (OSError, ValueError):
+                pass
+
+
+def reap(pid: int) -> int:
     """Reap children until init exits; orphans of the container come to us too and are reaped."""
     while True:
         try:

@@ -18,6 +18,7 @@ import time
 from pyouki.errors import ContainerError, PyoukiError
 
 STATE_FILE = "state.bin"
+CONFIG_FILE = "config.bin"  # the bundle's config as it was at create (exec needs it; the bundle may change)
 FIFO_FILE = "exec.fifo"
 MAX_ID_LENGTH = 1024
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -148,6 +149,22 @@ class Container:
         finally:
             os.close(fd)
         os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+
+    def save_config(self, config: dict) -> None:
+        """Keep the config as created, for exec (marshal: cheap, and not read on hot paths)."""
+        fd = os.open(os.path.join(self.dir, CONFIG_FILE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, marshal.dumps(config, 4))
+        finally:
+            os.close(fd)
+
+    def config(self) -> dict:
+        """The config saved at create."""
+        try:
+            with open(os.path.join(self.dir, CONFIG_FILE), "rb") as f:
+                return marshal.load(f)  # type: ignore[no-any-return]
+        except (OSError, ValueError, EOFError) as e:
+            raise PyoukiError(f"failed to read the config of container {self.id}: {e}") from None
 
     def exists(self) -> bool:
         return os.path.exists(os.path.join(self.dir, STATE_FILE))

@@ -1,0 +1,339 @@
+"""`exec`: run another process in a running container.
+
+The caller forks an intermediate process that joins the container's namespaces (its user
+namespace first, the mount namespace last) and its cgroup, then forks the new process into the
+container's PID namespace. That process takes on the process object (from --process or built
+from the container's config plus the flags, like runc), the container's seccomp filter, and
+execs. Errors come back over a close-on-exec pipe: end-of-file without a message means the exec
+happened.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyouki import syscalls as sc
+from pyouki.channel import Channel
+from pyouki.errors import ContainerError, PyoukiError
+from pyouki.state import Container
+
+# the /proc/PID/ns names, in join order (user first: it grants the rights for the others)
+NS_JOIN = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("pid", "pid"),
+           ("cgroup", "cgroup"), ("time", "time"), ("mount", "mnt"))
+
+
+class ExecOptions:
+    """runc's exec flags."""
+
+    def __init__(self, args: list[str] | None = None, process_file: str | None = None, env: list[str] | None = None,
+                 cwd: str | None = None, user: str | None = None, additional_gids: list[str] | None = None,
+                 caps: list[str] | None = None, no_new_privs: bool = False, apparmor: str | None = None,
+                 process_label: str | None = None, tty: bool = False, console_socket: str | None = None,
+                 pid_file: str | None = None, detach: bool = False, preserve_fds: int = 0,
+                 ignore_paused: bool = False, cgroup: str | None = None) -> None:
+        self.args = list(args or [])
+        self.process_file = process_file
+        self.env = list(env or [])
+        self.cwd = cwd
+        self.user = user
+        self.additional_gids = list(additional_gids or [])
+        self.caps = list(caps or [])
+        self.no_new_privs = no_new_privs
+        self.apparmor = apparmor
+        self.process_label = process_label
+        self.tty = tty
+        self.console_socket = console_socket
+        self.pid_file = pid_file
+        self.detach = detach
+        self.preserve_fds = preserve_fds
+        self.ignore_paused = ignore_paused
+        self.cgroup = cgroup
+
+
+def build_process(config: dict, opts: ExecOptions) -> dict:
+    """The process to run: the --process file, or the container's process with the flags applied."""
+    if opts.process_file:
+        import json
+
+        try:
+            with open(opts.process_file, "rb") as f:
+                process = json.load(f)
+        except OSError as e:
+            raise PyoukiError(f"--process: failed to read {opts.process_file}: {(e.strerror or '').lower()}") from None
+        except ValueError as e:
+            raise PyoukiError(f"--process: failed to parse {opts.process_file}: {e}") from None
+        if not isinstance(process, dict):
+            raise PyoukiError(f"--process: {opts.process_file} does not hold a process object")
+        return process
+    if not opts.args:
+        raise PyoukiError("exec: no command given (pyouki exec ID COMMAND [ARGS...])")
+    base = config.get("process") or {}
+    built: dict = {
+        "args": opts.args,
+        "env": list(base.get("env") or []) + opts.env,
+        "cwd": opts.cwd or base.get("cwd") or "/",
+        "user": dict(base.get("user") or {}),
+        "terminal": opts.tty,
+        "noNewPrivileges": bool(base.get("noNewPrivileges")) or opts.no_new_privs,
+        "rlimits": base.get("rlimits") or [],
+    }
+    caps = {k: list(v) for k, v in (base.get("capabilities") or {}).items()}
+    for cap in opts.caps:
+        for key in ("bounding", "effective", "permitted", "ambient", "inheritable"):
+            caps.setdefault(key, [])
+            if cap not in caps[key]:
+                caps[key].append(cap)
+    if caps:
+        built["capabilities"] = caps
+    if opts.user:
+        uid, _, gid = opts.user.partition(":")
+        try:
+            built["user"] = {"uid": int(uid), "gid": int(gid) if gid else 0}
+        except ValueError:
+            raise PyoukiError(f"--user: {opts.user!r} is not uid[:gid]") from None
+    if opts.additional_gids:
+        try:
+            built["user"]["additionalGids"] = [int(g) for g in opts.additional_gids]
+        except ValueError:
+            raise PyoukiError("--additional-gids: must be numbers") from None
+    if opts.apparmor:
+        built["apparmorProfile"] = opts.apparmor
+    if opts.process_label:
+        built["selinuxLabel"] = opts.process_label
+    return built
+
+
+def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
+    """Run the process in the container; its exit status in the foreground, 0 when detached."""
+    container = Container(root, container_id).load()
+    status = container.status()
+    if status == "paused" and not opts.ignore_paused:
+        raise ContainerError(f"cannot exec in container {container_id}: it is paused")
+    if status not in ("running", "created", "paused"):
+        raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
+    config = container.config()
+    process = build_process(config, opts)
+    _check_process(process)
+    if process.get("apparmorProfile"):
+        raise PyoukiError("process.apparmorProfile: apparmor is not supported by pyouki")
+    if process.get("selinuxLabel"):
+        raise PyoukiError("process.selinuxLabel: selinux is not supported by pyouki")
+    if opts.cgroup:
+        raise PyoukiError("--cgroup: joining a sub-cgroup is not supported yet")
+    if process.get("terminal") and not opts.console_socket and opts.detach:
+        raise PyoukiError("process.terminal: a detached exec with a terminal needs --console-socket")
+    return _spawn(container, config, process, opts)
+
+
+def _check_process(process: dict) -> None:
+    args = process.get("args")
+    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
+        raise PyoukiError("process.args: must be a non-empty array of strings")
+    cwd = process.get("cwd") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise PyoukiError(f"process.cwd: {cwd!r} is not an absolute path")
+
+
+def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> int:
+    # everything the child needs is imported now: after joining the mount namespace the host's
+    # Python library is out of reach
+    import select  # noqa: F401
+
+    from pyouki import init  # noqa: F401  (brings what the child uses: pyouki.process, prctl, resource)
+    from pyouki.caps import CapabilitySets
+    from pyouki.channel import pipe_pair
+    from pyouki.config import namespaces
+
+    init_pid = container.pid
+    kinds = namespaces(config)
+    ns_fds: list[tuple[str, int, int]] = []
+    flags = {"user": sc.CLONE_NEWUSER, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "network": sc.CLONE_NEWNET,
+             "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME, "mount": sc.CLONE_NEWNS}
+    try:
+        for kind, name in NS_JOIN:
+            if kind in kinds:
+                path = f"/proc/{init_pid}/ns/{name}"
+                if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
+                    continue  # already there (a container without its own user namespace)
+                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), flags[kind]))
+    except OSError as e:
+        for _, fd, _ in ns_fds:
+            os.close(fd)
+        raise PyoukiError(f"failed to open the namespaces of container {container.id}: "
+                          f"{(e.strerror or '').lower()}") from None
+    caps = CapabilitySets(process.get("capabilities"))
+    seccomp = None
+    seccomp_config = (config.get("linux") or {}).get("seccomp")
+    if seccomp_config:
+        from pyouki.seccomp import compile_filter
+
+        seccomp = compile_filter(seccomp_config, "linux.seccomp")
+    console_parent = console_child = None
+    if process.get("terminal"):
+        from pyouki import console
+
+        console_parent, console_child = console.socketpair()
+    cgroup = None
+    if container.record.get("cgroup"):
+        from pyouki.cgroups import manager_from_state
+
+        cgroup = manager_from_state(container.record["cgroup"])
+    if not opts.detach:
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    up, down_w, down_r, up_w = pipe_pair()
+    pid = os.fork()
+    if pid == 0:
+        up.close()
+        down_w.close()
+        if console_parent is not None:
+            console_parent.close()
+        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds, down_r, up_w)
+    up_w.close()
+    down_r.close()
+    for _, fd, _ in ns_fds:
+        os.close(fd)
+    if console_child is not None:
+        console_child.close()
+    child = 0
+    try:
+        if cgroup is not None:
+            # the intermediate waits for this, so the process is born inside the container's cgroup
+            cgroup.apply(pid)
+        down_w.send("go")
+        while True:
+            verb, arg = up.receive()
+            if verb == "pid":
+                child = int(arg)
+            elif verb == "error":
+                raise PyoukiError(arg)
+            elif verb == "eof":
+                break
+        os.waitpid(pid, 0)
+        pid = 0
+        if not child:
+            raise PyoukiError("the exec process exited before it started")
+        master = -1
+        if console_parent is not None:
+            from pyouki.console import receive_master, send_to_console_socket
+
+            master = receive_master(console_parent)
+            if opts.console_socket:
+                try:
+                    send_to_console_socket(opts.console_socket, master)
+                finally:
+                    os.close(master)
+                master = -1
+        if opts.pid_file:
+            from pyouki.create import write_pid_file
+
+            write_pid_file(opts.pid_file, child)
+    except BaseException:
+        if pid:
+            _kill(pid)
+        if child:
+            _kill(child)
+        raise
+    finally:
+        up.close()
+        down_w.close()
+        if console_parent is not None:
+            console_parent.close()
+    if opts.detach:
+        return 0
+    return _wait(child, master)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _wait(child: int, master: int) -> int:
+    """Forward signals to the process, relay its terminal, and return its exit status."""
+    import signal
+
+    from pyouki.run import forward_signals, reap
+
+    forward_signals(child, except_=(signal.SIGWINCH,) if master >= 0 else ())
+    if master >= 0:
+        from pyouki.console import relay
+
+        relay(master)
+    return reap(child)
+
+
+def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: object, seccomp: object,
+                  console_child: object, preserve_fds: int, down: Channel, up: Channel) -> None:
+    """Join the namespaces and fork the process into them; never returns."""
+    from pyouki import init
+
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        # nothing in the container may ptrace us or read our memory while we hold host fds
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        if down.receive()[0] != "go":
+            os._exit(1)
+        down.close()
+        allowed = True
+        for kind, fd, flag in ns_fds:
+            try:
+                sc.setns(fd, flag)
+            except OSError as e:
+                raise PyoukiError(f"failed to join the {kind} namespace: {(e.strerror or '').lower()}") from None
+            os.close(fd)
+            if kind == "user":  # read now: once in the mount namespace, /proc is the container's
+                allowed = init.setgroups_allowed()
+        pid = os.fork()
+        if pid == 0:
+            _child(process, caps, seccomp, console_child, preserve_fds, allowed, up)
+        up.send("pid", str(pid))
+        os._exit(0)
+    except PyoukiError as e:
+        up.send("error", str(e))
+    except BaseException as e:  # noqa: BLE001 - must reach the caller as one line
+        up.send("error", f"exec set-up failed: {e}")
+    os._exit(1)
+
+
+def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # type: ignore[no-untyped-def]
+           setgroups_allowed: bool, up: Channel) -> None:
+    """Become the process and exec it; errors go back over up; never returns."""
+    from pyouki import init
+    from pyouki.process import environment, resolve_executable, set_rlimits
+
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+        user = process.get("user") or {}
+        if console_child is not None:
+            from pyouki import console
+
+            os.setsid()
+            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
+                                       int(user.get("gid", 0)))
+        if seccomp is not None and not process.get("noNewPrivileges"):
+            seccomp.load()
+        set_rlimits(process.get("rlimits") or [])
+        init.drop_privileges(caps, user, setgroups_allowed)
+        env = environment(process.get("env") or [])
+        cwd = process.get("cwd") or "/"
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            raise PyoukiError(f"process.cwd: failed to change to {cwd}: {(e.strerror or '').lower()}") from None
+        exe = resolve_executable(process["args"][0], env)
+        if process.get("noNewPrivileges"):
+            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+        init.prepare_fds(preserve_fds + init.listen_fds())
+        if seccomp is not None and process.get("noNewPrivileges"):
+            seccomp.load()
+        os.execve(exe, process["args"], env)
+    except PyoukiError as e:
+        up.send("error", str(e))
+    except OSError as e:
+        up.send("error", f"exec failed: {(e.strerror or str(e)).lower()}")
+    except BaseException as e:  # noqa: BLE001
+        up.send("error", f"exec failed: {e}")
+    os._exit(127)
