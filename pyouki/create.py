@@ -11,8 +11,6 @@ kills what it started and removes the directory, so a failed create leaves nothi
 from __future__ import annotations
 
 import os
-import signal
-from typing import TYPE_CHECKING
 
 from pyouki import log
 from pyouki.channel import Channel, pipe_pair
@@ -20,6 +18,7 @@ from pyouki.config import load_bundle, namespaces, validate
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from pyouki import init
     from pyouki.cgroups.manager import CgroupManager
@@ -158,7 +157,7 @@ def _owner_name() -> str:
 
 def _kill_and_reap(pid: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
     except ProcessLookupError:
         return
     try:

@@ -19,12 +19,12 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 
 if TYPE_CHECKING:
     from pyouki.cgroups.common import CgroupMount
-    from pyouki.cgroups.manager import CgroupManager, manager_from_state
+    from pyouki.cgroups.manager import CgroupManager
 
 
 def __getattr__(name: str) -> object:
     # CgroupManager is a typing.Protocol; importing typing costs ~2 ms, so only do it on demand.
-    if name in ("CgroupManager", "manager_from_state"):
+    if name == "CgroupManager":
         from pyouki.cgroups import manager
 
         return getattr(manager, name)
@@ -32,6 +32,34 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["CgroupManager", "detect_mode", "make_manager", "manager_from_state"]
+
+
+def manager_from_state(d: dict | None) -> CgroupManager | None:
+    """Rebuild a manager from the dict that to_state() returned (None when the container has none).
+
+    Here rather than in manager.py: state/kill/delete call it on every container, and manager.py
+    imports typing for its Protocol.
+    """
+    if not d:
+        return None
+    driver = d.get("driver")
+    if driver == "cgroupfs-v1":
+        from pyouki.cgroups.v1 import V1Manager
+
+        return V1Manager.from_state(d)
+    if driver == "cgroupfs-v2":
+        from pyouki.cgroups.v2 import V2Manager
+
+        return V2Manager.from_state(d)
+    if driver == "systemd":
+        from importlib import import_module
+
+        try:
+            systemd = import_module("pyouki.cgroups.systemd")  # written by the D-Bus work
+        except ImportError:
+            raise PyoukiError("systemd cgroup driver not available yet") from None
+        return systemd.from_state(d)  # type: ignore[no-any-return]
+    raise PyoukiError(f"unknown cgroup driver {driver!r} in container state")
 
 
 def detect_mode(root: str = "/sys/fs/cgroup") -> str:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
 
 from pyouki.errors import ConfigError, PyoukiError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 

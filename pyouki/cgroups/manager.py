@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from pyouki.errors import PyoukiError
-
 
 @runtime_checkable
 class CgroupManager(Protocol):
@@ -47,24 +45,7 @@ class CgroupManager(Protocol):
 
 
 def manager_from_state(d: dict | None) -> CgroupManager | None:
-    """Rebuild a manager from the dict that to_state() returned (None when the container has none)."""
-    if not d:
-        return None
-    driver = d.get("driver")
-    if driver == "cgroupfs-v1":
-        from pyouki.cgroups.v1 import V1Manager
+    """Rebuild a manager from its to_state() dict; lives in pyouki.cgroups (no typing import there)."""
+    from pyouki.cgroups import manager_from_state as rebuild
 
-        return V1Manager.from_state(d)
-    if driver == "cgroupfs-v2":
-        from pyouki.cgroups.v2 import V2Manager
-
-        return V2Manager.from_state(d)
-    if driver == "systemd":
-        from importlib import import_module
-
-        try:
-            systemd = import_module("pyouki.cgroups.systemd")  # written by the D-Bus work
-        except ImportError:
-            raise PyoukiError("systemd cgroup driver not available yet") from None
-        return systemd.from_state(d)  # type: ignore[no-any-return]
-    raise PyoukiError(f"unknown cgroup driver {driver!r} in container state")
+    return rebuild(d)
