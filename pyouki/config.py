@@ -217,6 +217,10 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     if prop is not None and prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared",
                                          "unbindable", "runbindable", ""):
         raise ConfigError("linux.rootfsPropagation", f"unknown propagation {prop!r}")
+    if config.get("hooks") is not None:
+        from pyouki.hooks import validate as validate_hooks
+
+        validate_hooks(config)
     seccomp = _optional(linux, "seccomp", dict, "linux")
     if seccomp:
         from pyouki.seccomp import validate as validate_seccomp

@@ -98,6 +98,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             "annotations": config.get("annotations") or {},
             "rootless": opts.rootless,
             "cgroup": cgroup.to_state() if cgroup is not None else None,
+            "hooks": bool((config.get("hooks") or {}).get("poststart") or (config.get("hooks") or {}).get("poststop")),
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
             "pid_ns": "pid" in namespaces(config) and namespaces(config)["pid"] is None,
         }
@@ -174,6 +175,10 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
                      opts.id, not opts.no_new_keyring)
+    if plan.hook_sync or plan.start_hooks:
+        import subprocess  # noqa: F401  (hooks run from init, some after pivot_root)
+
+        from pyouki import hooks, jsonout  # noqa: F401
     console_parent = None
     if plan.process.get("terminal"):
         from pyouki import console
@@ -196,6 +201,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         plan.console_sock.close()
     init_pid = 0
     ready = False
+    hooks_pending = False
     try:
         # init and the intermediate share the pipe: init's "ready" may arrive before the
         # intermediate's "pid", so wait for both
@@ -209,10 +215,15 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 pid = 0
             elif verb == "ready":
                 ready = True
+            elif verb == "hooks":
+                hooks_pending = True
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
                 raise PyoukiError("container init exited before it was ready")
+            if hooks_pending and init_pid:
+                hooks_pending = False
+                _run_create_hooks(config, opts, bundle, init_pid, down_w)
         if console_parent is not None:
             from pyouki.console import receive_master
 
@@ -229,6 +240,21 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         down_w.close()
         if console_parent is not None:
             console_parent.close()
+
+
+def _run_create_hooks(config: dict, opts: CreateOptions, bundle: str, init_pid: int, down: Channel) -> None:
+    """prestart then createRuntime, in the runtime namespace, while init waits before pivot_root."""
+    from pyouki import OCI_VERSION, hooks
+
+    state = {"ociVersion": OCI_VERSION, "id": opts.id, "status": "creating", "pid": init_pid, "bundle": bundle,
+             "annotations": config.get("annotations") or {}}
+    try:
+        hooks.run(config, "prestart", state)
+        hooks.run(config, "createRuntime", state)
+    except PyoukiError:
+        down.send("abort")
+        raise
+    down.send("continue")
 
 
 def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: CgroupManager | None) -> None:

@@ -56,6 +56,11 @@ class Plan:
         self.caps = CapabilitySets(self.process.get("capabilities"))
         self.ns_fds = self._open_namespace_paths()
         self.seccomp = None
+        from pyouki import hooks
+
+        # createRuntime/prestart run in the parent while init waits before pivot_root
+        self.hook_sync = hooks.has(config, "prestart", "createRuntime", "createContainer")
+        self.start_hooks = hooks.has(config, "startContainer")
         # the child's end of the terminal socketpair, when process.terminal
         self.console_sock: socket.socket | None = None
         if self.linux.get("seccomp"):
@@ -135,7 +140,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
             _write_time_offsets(plan.linux.get("timeOffsets") or {})
         pid = os.fork()
         if pid == 0:
-            container_init(plan, up)
+            container_init(plan, up, down)
             os._exit(1)
         up.send("pid", str(pid))
         os._exit(0)
@@ -179,17 +184,22 @@ def _write_time_offsets(offsets: dict) -> None:
         raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {_reason(e)}") from None
 
 
-def container_init(plan: Plan, up: Channel) -> None:
+def container_init(plan: Plan, up: Channel, down: Channel) -> None:
     """Build the container around this process, report ready, wait for start, exec; never returns."""
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # our parent exits next; the container must outlive it
         os.setsid()
         if plan.new_keyring:
             _new_session_keyring(plan.container_id)
-        exe, env = _setup(plan)
+        exe, env = _setup(plan, up, down)
+        down.close()
         up.send("ready")
         up.close()
         _wait_for_start(plan.fifo_fd)
+        if plan.start_hooks:
+            from pyouki import hooks
+
+            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()
         os.execve(exe, plan.process["args"], env)
@@ -218,7 +228,14 @@ def _report(up: Channel, message: str) -> None:
         os.write(2, f"pyouki: {message}\n".encode())
 
 
-def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
+def _hook_state(plan: Plan, status: str, pid: int) -> dict:
+    from pyouki import OCI_VERSION
+
+    return {"ociVersion": OCI_VERSION, "id": plan.container_id, "status": status, "pid": pid,
+            "bundle": plan.bundle, "annotations": plan.config.get("annotations") or {}}
+
+
+def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]:
     config, process, linux = plan.config, plan.process, plan.linux
     in_userns = plan.rootless or "user" in plan.namespaces
     rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
@@ -226,6 +243,14 @@ def _setup(plan: Plan) -> tuple[str, dict[str, str]]:
     specs = fs.do_mounts(config, plan.rootfs, rootfd, plan.rootless)
     fs.create_devices(config, plan.rootfs, rootfd, specs, in_userns)
     os.close(rootfd)
+    if plan.hook_sync:
+        # the parent runs prestart and createRuntime hooks now, in the runtime's namespaces
+        up.send("hooks")
+        if down.receive()[0] != "continue":
+            os._exit(1)  # the parent reports the hook's failure
+        from pyouki import hooks
+
+        hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
     if linux.get("seccomp"):
         # libseccomp is loaded and the filter built now, while the host's files are reachable
         plan.seccomp = plan.seccomp_module.compile_filter(linux["seccomp"], "linux.seccomp")

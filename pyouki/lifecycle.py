@@ -38,9 +38,25 @@ def start(root: str, container_id: str) -> None:
         finally:
             os.close(fd)
         os.unlink(container.fifo_path)
+        if container.record.get("hooks"):
+            _poststart(container)
     finally:
         container.unlock()
     log.debug(f"container {container_id} started")
+
+
+def _poststart(container: Container) -> None:
+    """poststart hooks; a failure stops the container (runtime.md, Lifecycle step 9)."""
+    from pyouki import hooks
+
+    config = container.config()
+    if not hooks.has(config, "poststart"):
+        return
+    try:
+        hooks.run(config, "poststart", container.oci_state())
+    except PyoukiError:
+        _signal(container.pid, 9)
+        raise
 
 
 def state(root: str, container_id: str) -> dict:
@@ -55,6 +71,10 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
     status = container.status()
     if status == "stopped":
         raise ContainerError(f"cannot kill container {container_id}: it is not running")
+    if all_processes and container.record.get("cgroup"):
+        # through the cgroup, frozen while signalled, so nothing forks its way out (runc does this)
+        _kill_cgroup(container, cgroup_manager(container, "kill"), signum)
+        return
     pids = container_pids(container) if all_processes else [container.pid]
     for pid in pids:
         try:
@@ -62,6 +82,33 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
         except OSError as e:
             raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
                               f"{(e.strerror or '').lower()}") from None
+
+
+def cgroup_manager(container: Container, verb: str):  # type: ignore[no-untyped-def]
+    """The container's cgroup manager, or a clear error naming verb when it runs without one."""
+    manager = None
+    if container.record.get("cgroup"):
+        from pyouki.cgroups import manager_from_state
+
+        manager = manager_from_state(container.record["cgroup"])
+    if manager is None:
+        why = ("rootless without cgroup delegation" if container.record.get("rootless")
+               else "created with --cgroup-manager disabled")
+        raise ContainerError(f"cannot {verb} container {container.id}: it has no cgroup ({why})")
+    return manager
+
+
+def _kill_cgroup(container: Container, manager, signum: int) -> None:  # type: ignore[no-untyped-def]
+    """Signal every process in the cgroup; a paused container stays paused unless killed."""
+    paused = manager.state() == "frozen"
+    try:
+        manager.kill_all(signum)
+    except OSError as e:
+        raise PyoukiError(f"failed to send signal {signum} to the processes of container {container.id}: "
+                          f"{(e.strerror or '').lower()}") from None
+    if paused and signum != 9:
+        # kill_all thaws after signalling; keep a paused container paused (a KILL must thaw to act)
+        manager.freeze()
 
 
 def container_pids(container: Container) -> list[int]:
@@ -108,16 +155,29 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             if status != "created" and not force:
                 raise ContainerError(f"cannot delete container {container_id} that is not stopped: {status}")
             _kill_all_and_wait(container)
+        config = container.config() if container.record.get("hooks") else None
+        state = container.oci_state()
         _remove_cgroup(container)
         container.remove_dir()
+        if config is not None:
+            from pyouki import hooks
+
+            state["status"] = "stopped"
+            hooks.run_poststop(config, state)
     finally:
         container.unlock()
     log.debug(f"container {container_id} deleted")
 
 
 def _kill_all_and_wait(container: Container) -> None:
-    for pid in container_pids(container) or [container.pid]:
-        _signal(pid, 9)
+    if container.record.get("cgroup"):
+        # kill_all thaws the cgroup after signalling: a paused container's KILL takes effect
+        _kill_cgroup(container, cgroup_manager(container, "delete"), 9)
+        if container.alive():
+            _signal(container.pid, 9)
+    else:
+        for pid in container_pids(container) or [container.pid]:
+            _signal(pid, 9)
     wait_for_exit(container)
 
 

@@ -1,0 +1,87 @@
+"""OCI hooks (config.md, POSIX-platform Hooks): programs run at points of the lifecycle.
+
+Each hook gets the container's state as JSON on stdin, its own args and env (empty when none
+is given), and an optional timeout. A failing hook is an error naming it by JSON path, except
+poststop, whose failures are only warnings (runtime.md, Lifecycle step 13).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyouki.errors import ConfigError, PyoukiError
+
+PHASES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+
+def validate(config: dict) -> None:
+    """Check the hooks object: every entry has an absolute path, string args/env, a positive timeout."""
+    hooks = config.get("hooks")
+    if hooks is None:
+        return
+    if not isinstance(hooks, dict):
+        raise ConfigError("hooks", "must be an object")
+    for phase in PHASES:
+        entries = hooks.get(phase) or []
+        if not isinstance(entries, list):
+            raise ConfigError(f"hooks.{phase}", "must be an array")
+        for i, hook in enumerate(entries):
+            field = f"hooks.{phase}[{i}]"
+            if not isinstance(hook, dict):
+                raise ConfigError(field, "must be an object")
+            path = hook.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigError(f"{field}.path", "must be an absolute path")
+            for key in ("args", "env"):
+                value = hook.get(key)
+                if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                    raise ConfigError(f"{field}.{key}", "must be an array of strings")
+            timeout = hook.get("timeout")
+            if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
+                raise ConfigError(f"{field}.timeout", "must be a positive integer")
+
+
+def has(config: dict, *phases: str) -> bool:
+    """Whether the config has a hook for any of the phases."""
+    hooks = config.get("hooks") or {}
+    return any(hooks.get(p) for p in phases)
+
+
+def run(config: dict, phase: str, state: dict) -> None:
+    """Run the hooks of one phase in order; raise PyoukiError for the first that fails."""
+    import subprocess
+
+    from pyouki.jsonout import dumps
+
+    payload = dumps(state).encode()
+    for i, hook in enumerate((config.get("hooks") or {}).get(phase) or []):
+        field = f"hooks.{phase}[{i}]"
+        path = hook["path"]
+        args = hook.get("args") or [path]
+        env = dict(item.partition("=")[::2] for item in hook.get("env") or [])
+        try:
+            result = subprocess.run(args, executable=path, input=payload, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, timeout=hook.get("timeout"), close_fds=True)
+        except subprocess.TimeoutExpired:
+            raise PyoukiError(f"{field}: hook {path} timed out after {hook['timeout']} s") from None
+        except OSError as e:
+            raise PyoukiError(f"{field}: failed to run hook {path}: {(e.strerror or str(e)).lower()}") from None
+        if result.returncode != 0:
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            detail = f": {lines[-1]}" if lines else ""
+            status = (f"exit status {result.returncode}" if result.returncode > 0
+                      else f"signal {-result.returncode}")
+            raise PyoukiError(f"{field}: hook {path} failed with {status}{detail}")
+
+
+def run_poststop(config: dict, state: dict) -> None:
+    """poststop: failures are logged as warnings and the rest go on."""
+    from pyouki import log
+
+    for i, hook in enumerate((config.get("hooks") or {}).get("poststop") or []):
+        single = {"hooks": {"poststop": [hook]}}
+        try:
+            run(single, "poststop", state)
+        except PyoukiError as e:
+            log.warning(str(e).replace("hooks.poststop[0]", f"hooks.poststop[{i}]"))
+            os.write(2, f"pyouki: warning: {str(e).replace('hooks.poststop[0]', f'hooks.poststop[{i}]')}\n".encode())
