@@ -210,10 +210,10 @@ class Container:
             return "creating"
         if not self.alive():
             return "stopped"
+        if self.record.get("cgroup") and _cgroup_frozen(self.record):
+            return "paused"  # even a created container, like runc
         if os.path.exists(self.fifo_path):
             return "created"
-        if self.record.get("cgroup") and _cgroup_frozen(self.record):
-            return "paused"
         return "running"
 
     def oci_state(self) -> dict:

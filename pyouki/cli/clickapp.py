@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from pyouki import __version__
+from pyouki import OCI_VERSION, __version__
 from pyouki.cli.table import COMMANDS, GLOBAL_OPTIONS, Cmd, Opt
 
 
@@ -15,6 +15,9 @@ def _option(opt: Opt) -> Any:
     if opt.kind == "flag":
         kwargs["is_flag"] = True
         kwargs["default"] = False
+    elif opt.kind == "list":
+        kwargs["multiple"] = True
+        kwargs["type"] = str
     elif opt.kind == "int":
         kwargs["type"] = int
         kwargs["default"] = opt.default
@@ -25,19 +28,41 @@ def _option(opt: Opt) -> Any:
     return click.option(*opt.names, opt.dest, **kwargs)
 
 
+def _unsupported_help(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """--help of a command pyouki does not support: the help, then a failure (podman's probe)."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(ctx.get_help())
+    click.echo("pyouki: checkpoint/restore is not supported by pyouki", err=True)
+    ctx.exit(1)
+
+
 def _command(cmd: Cmd, dispatch: Any) -> click.Command:
     def callback(**kwargs: Any) -> None:
         ctx = click.get_current_context()
-        options = {o.dest: kwargs.pop(o.dest) for o in cmd.options}
+        options = {o.dest: (list(kwargs.pop(o.dest)) if o.kind == "list" else kwargs.pop(o.dest))
+                   for o in cmd.options}
         args = {name: kwargs.pop(name.replace("-", "_")) for name, _ in cmd.args}
+        if cmd.rest:
+            args[cmd.rest] = list(kwargs.pop(cmd.rest.replace("-", "_")))
         raise SystemExit(dispatch(cmd, dict(ctx.obj), options, args))
 
     func: Any = callback
+    settings: dict[str, Any] = {}
+    if cmd.rest:
+        # like runc's SkipArgReorder: options end at the first positional, the rest is passed on
+        settings["allow_interspersed_args"] = False
+        func = click.argument(cmd.rest.replace("-", "_"), metavar=f"[{cmd.rest.upper()}...]", nargs=-1,
+                              type=click.UNPROCESSED)(func)
     for name, required in reversed(cmd.args):
         func = click.argument(name.replace("-", "_"), metavar=name.upper(), required=required)(func)
     for opt in reversed(cmd.options):
         func = _option(opt)(func)
-    return click.command(cmd.name, help=cmd.help)(func)
+    if not cmd.supported:
+        func = click.option("--help", is_flag=True, expose_value=False, is_eager=True, callback=_unsupported_help,
+                            help="Show this message and exit (non-zero: the command is not supported).")(func)
+    return click.command(cmd.name, help=cmd.help, context_settings=settings,
+                         add_help_option=cmd.supported)(func)
 
 
 def build(dispatch: Any) -> click.Group:
@@ -49,7 +74,7 @@ def build(dispatch: Any) -> click.Group:
     func: Any = group_callback
     for opt in reversed(GLOBAL_OPTIONS):
         func = _option(opt)(func)
-    version = f"pyouki version {__version__}\nspec: 1.3.0"
+    version = f"pyouki version {__version__}\nspec: {OCI_VERSION}"
     func = click.version_option(version, "--version", "-v", message="%(version)s")(func)
     group = click.group("pyouki", help="pyouki: a rootless-first OCI container runtime")(func)
     for cmd in COMMANDS.values():

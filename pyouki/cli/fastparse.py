@@ -1,8 +1,9 @@
 """A small argv parser over the command table, for the commands engines call constantly.
 
 It accepts what click would (long and short names, `--opt=value`, `--` , options after
-positional arguments) and gives up — returning None so click takes over with its usage
-message — on anything else, such as --help or an unknown option.
+positional arguments, repeatable options, a command's trailing argument list) and gives up —
+returning None so click takes over with its usage message — on anything else, such as --help or
+an unknown option.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def _take(opt: Opt, value: str | None, argv: list[str], i: int, into: dict) -> i
         if not value.isdigit():
             return None
         into[opt.dest] = int(value)
+    elif opt.kind == "list":
+        into[opt.dest] = [*(into.get(opt.dest) or ()), value]
     else:
         into[opt.dest] = value
     return i
@@ -68,12 +71,16 @@ def parse(argv: list[str]) -> Parsed | None:
         return None
     command = COMMANDS[argv[i]]
     copts = _index(command.options)
-    options = {o.dest: o.default for o in command.options}
+    options = {o.dest: ([] if o.kind == "list" else o.default) for o in command.options}
     positional: list[str] = []
+    rest: list[str] = []
     i += 1
     only_args = False
     while i < len(argv):
         word = argv[i]
+        if command.rest and len(positional) == len(command.args):
+            rest = argv[i:]  # runc: everything after the id belongs to the process (or to ps)
+            break
         if not only_args and word == "--":
             only_args = True
             i += 1
@@ -93,5 +100,7 @@ def parse(argv: list[str]) -> Parsed | None:
     names = command.args
     if len(positional) > len(names) or any(req for (_, req) in names[len(positional):]):
         return None
-    args = {name: (positional[k] if k < len(positional) else None) for k, (name, _) in enumerate(names)}
+    args: dict = {name: (positional[k] if k < len(positional) else None) for k, (name, _) in enumerate(names)}
+    if command.rest:
+        args[command.rest] = rest
     return Parsed(command, globals_, options, args)

@@ -101,3 +101,98 @@ def cmd_spec(globals_: dict, options: dict, args: dict) -> int:
 
     write_spec(options.get("bundle") or ".", bool(options.get("rootless_spec")))
     return 0
+
+
+def cmd_exec(globals_: dict, options: dict, args: dict) -> int:
+    try:
+        from pyouki.exec import ExecOptions, exec_process
+    except ImportError as e:  # a partial tree: say so instead of a traceback
+        from pyouki.errors import PyoukiError
+
+        raise PyoukiError(f"exec is not available in this build: {e}") from None
+
+    command = list(args.get("command") or [])
+    if command[:1] == ["--"]:
+        command = command[1:]  # `exec ID -- CMD`: "--" cannot be a command name
+    opts = ExecOptions(
+        args=command, process_file=options.get("process_file"), env=list(options.get("env") or []),
+        cwd=options.get("cwd"), user=options.get("user"), additional_gids=list(options.get("additional_gids") or []),
+        caps=list(options.get("caps") or []), no_new_privs=bool(options.get("no_new_privs")),
+        apparmor=options.get("apparmor"), process_label=options.get("process_label"), tty=bool(options.get("tty")),
+        console_socket=options.get("console_socket"), pid_file=options.get("pid_file"),
+        detach=bool(options.get("detach")), preserve_fds=int(options.get("preserve_fds") or 0),
+        ignore_paused=bool(options.get("ignore_paused")), cgroup=options.get("cgroup"),
+    )
+    return exec_process(_root(globals_), _id(args), opts)
+
+
+def cmd_pause(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.pause import pause
+
+    pause(_root(globals_), _id(args))
+    return 0
+
+
+def cmd_resume(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.pause import resume
+
+    resume(_root(globals_), _id(args))
+    return 0
+
+
+def cmd_ps(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki import ps
+
+    if options.get("format") == "json":
+        from pyouki.jsonout import dumps
+
+        sys.stdout.write(dumps(ps.pids(_root(globals_), _id(args))) + "\n")
+    else:
+        sys.stdout.write(ps.ps_table(_root(globals_), _id(args), list(args.get("ps-args") or [])))
+    return 0
+
+
+def cmd_update(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki import update
+
+    if options.get("resources"):
+        # like runc: with --resources every other flag is ignored
+        resources = update.read_resources(options["resources"])
+    else:
+        resources = update.resources_from_flags(options)
+    update.update(_root(globals_), _id(args), resources)
+    return 0
+
+
+def cmd_events(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.events import events, parse_interval
+
+    interval = parse_interval(options.get("interval") or "5s")
+    try:
+        events(_root(globals_), _id(args), interval, bool(options.get("stats")))
+    except BrokenPipeError:
+        pass  # the reader went away: that is how a stream of events ends
+    return 0
+
+
+def cmd_features(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.features import features
+    from pyouki.jsonout import dumps
+
+    sys.stdout.write(dumps(features(), indent=True) + "\n")
+    return 0
+
+
+def _unsupported(args: dict) -> int:
+    from pyouki.errors import PyoukiError
+
+    _id(args)
+    raise PyoukiError("checkpoint/restore is not supported by pyouki")
+
+
+def cmd_checkpoint(globals_: dict, options: dict, args: dict) -> int:
+    return _unsupported(args)
+
+
+def cmd_restore(globals_: dict, options: dict, args: dict) -> int:
+    return _unsupported(args)
