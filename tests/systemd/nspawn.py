@@ -381,8 +381,12 @@ def kill_stale(root: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def booted(repo: Path, tarball: Path | None = None) -> Iterator[Machine]:
+def booted(repo: Path, tarball: Path | None = None,
+           binds: Sequence[tuple[str, str]] = ()) -> Iterator[Machine]:
     """Boot the cached rootfs with repo bind-mounted read-only at /src; always tear down.
+
+    binds are more read-only (host path, container path) bind mounts, e.g. the host's
+    busybox for container rootfs trees built inside.
 
     Only one container boots at a time on a host (nspawn without a host systemd always uses
     the same ``/payload`` cgroups), so this holds a lock for its whole life.
@@ -403,7 +407,8 @@ def booted(repo: Path, tarball: Path | None = None) -> Iterator[Machine]:
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     ["systemd-nspawn", "-q", "-b", "-D", str(root), "-M", name, "--register=no",
-                     "--keep-unit", "--console=passive", "--volatile=overlay", f"--bind-ro={repo}:/src"],
+                     "--keep-unit", "--console=passive", "--volatile=overlay", f"--bind-ro={repo}:/src",
+                     *(f"--bind-ro={host}:{inside}" for host, inside in binds), "--system-call-filter=bpf"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
             machine = Machine(root, name, proc, 0, log_path)
             _wait_booted(machine, started + BOOT_TIMEOUT)
