@@ -1,0 +1,293 @@
+"""systemd cgroup driver: a transient unit asked for over D-Bus, managed through cgroupfs after.
+
+The container gets a transient scope (``Delegate=yes``) from the system manager (rootful) or
+the user manager (rootless). What systemd can express as unit properties (memory, pids, cpu
+weight/quota/cpus/mems, io weight) is set with StartTransientUnit/SetUnitProperties, so
+systemd knows and keeps the limits; everything else (device rules, hugetlb, unified keys, io
+throttles...) is written through cgroupfs into the unit's cgroup by the v1/v2 driver, which
+also serves freeze/thaw, pids, stats and kill. cgroupsPath is runc's ``slice:prefix:name``.
+
+jeepney is imported only when this driver talks to systemd; rebuilding it from state.json for
+``state``/``kill``/``pause`` needs no D-Bus at all.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyouki.errors import ConfigError, PyoukiError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+
+if TYPE_CHECKING:
+    from pyouki.cgroups.manager import CgroupManager
+    from pyouki.dbus_native.systemd import SystemdManager
+
+PREFIX = "pyouki"
+SLICE_INTERFACE = "org.freedesktop.systemd1.Slice"
+# Bounds every D-Bus call and job wait; generous because systemd under emulation (TCG) takes
+# ~0.35 s per job, yet a dead or hung bus still fails in seconds, not forever.
+TIMEOUT = float(os.environ.get("PYOUKI_SYSTEMD_TIMEOUT") or 10.0)
+
+
+def _debug(msg: str) -> None:
+    from pyouki import log
+
+    log.debug(msg)
+
+
+# -- cgroupsPath --------------------------------------------------------------------------------
+
+def parse_cgroups_path(cgroups_path: str | None, container_id: str, rootless: bool) -> tuple[str, str]:
+    """(slice, unit) for runc's ``slice:prefix:name``; the default is ``system.slice:pyouki:ID``
+    (``user.slice`` rootless). A name ending in ``.slice`` is itself the unit (a slice)."""
+    default_slice = "user.slice" if rootless else "system.slice"
+    if not cgroups_path:
+        return default_slice, f"{PREFIX}-{container_id}.scope"
+    parts = cgroups_path.split(":")
+    if len(parts) != 3:
+        raise ConfigError("linux.cgroupsPath", f"expected \"slice:prefix:name\" for systemd cgroups, "
+                          f"got {cgroups_path!r}")
+    slice_, prefix, name = parts
+    slice_ = slice_ or default_slice
+    if not slice_.endswith(".slice") or "/" in slice_:
+        raise ConfigError("linux.cgroupsPath", f"invalid slice {slice_!r}: must be a unit name ending in .slice")
+    if not name or "/" in name:
+        raise ConfigError("linux.cgroupsPath", f"invalid name {name!r} in {cgroups_path!r}")
+    if name.endswith(".slice"):
+        return slice_, name
+    return slice_, f"{prefix}-{name}.scope" if prefix else f"{name}.scope"
+
+
+def split_resources(resources: dict, rootless: bool) -> tuple[dict, dict]:
+    """(unit properties, the rest of linux.resources for cgroupfs).
+
+    Rootless, device rules are dropped as runc does: loading a BPF device filter needs
+    privileges a user lacks, and the container's user namespace already keeps it from devices.
+    """
+    from pyouki.dbus_native.resources import SUPPORTED, resources_to_properties, set_fields
+
+    rest: dict = {}
+    for key, value in resources.items():
+        if key == "devices" and rootless:
+            continue
+        if isinstance(value, dict) and key != "unified":
+            sub = {k: v for k, v in value.items() if f"{key}.{k}" not in SUPPORTED and v is not None}
+            if key == "memory" and value.get("checkBeforeUpdate") and value.get("limit"):
+                # the check compares the new limit with memory.current: the v2 driver does it
+                sub["limit"] = value["limit"]
+            if sub:
+                rest[key] = sub
+        elif value is not None and key not in ("cpu", "memory", "pids", "blockIO"):
+            rest[key] = value
+    # fields without a unit property are applied through cgroupfs (or dropped, above)
+    skip = [p for p in set_fields(resources) if p not in SUPPORTED]
+    props = resources_to_properties(resources, skip=skip)
+    memory = resources.get("memory") or {}
+    limit, swap = memory.get("limit") or 0, memory.get("swap") or 0
+    if isinstance(limit, int) and limit > 0 and swap == limit:
+        # memory+swap equal to memory means no swap at all: MemorySwapMax=0, as runc sets
+        # (the translation treats a v2 swap of 0 as "unset")
+        props["MemorySwapMax"] = 0
+    return props, rest
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+class SystemdCgroup:
+    """One container's transient unit, and the cgroupfs driver for the unit's cgroup."""
+
+    driver = "systemd"
+
+    def __init__(self, unit: str, slice: str, user: bool, rootless: bool,
+                 fs: CgroupManager | None = None, systemd: SystemdManager | None = None) -> None:
+        self.unit = unit
+        self.slice = slice
+        self.user = user  # the user manager (session bus) rather than the system manager
+        self.rootless = rootless
+        self.fs = fs  # known once the unit exists (its ControlGroup)
+        self._systemd = systemd
+
+    # D-Bus ----------------------------------------------------------------------------------
+
+    def systemd(self) -> SystemdManager:
+        """The connection to the manager, opened on first use (bounded by TIMEOUT)."""
+        if self._systemd is None:
+            from pyouki.dbus_native.systemd import SystemdManager
+
+            self._systemd = SystemdManager.connect(user=self.user, timeout=TIMEOUT)
+        return self._systemd
+
+    def close(self) -> None:
+        """Close the D-Bus connection if one is open."""
+        if self._systemd is not None:
+            self._systemd.close()
+            self._systemd = None
+
+    @property
+    def is_slice(self) -> bool:
+        """A cgroupsPath name ending in .slice asks for a slice, not a scope."""
+        return self.unit.endswith(".slice")
+
+    def _control_group(self) -> str:
+        from pyouki.dbus_native import messages
+
+        iface = SLICE_INTERFACE if self.is_slice else messages.SCOPE_INTERFACE
+        path = str(self.systemd().get_unit_property(self.unit, iface, "ControlGroup") or "")
+        if not path.startswith("/"):
+            raise PyoukiError(f"systemd unit {self.unit} has no cgroup")
+        return path
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    def apply(self, pid: int) -> None:
+        """Start the transient unit holding pid and find its cgroup.
+
+        A scope gets the pid from systemd (``PIDs``); a slice cannot hold processes through
+        D-Bus, so the pid is written into its cgroup as runc does.
+        """
+        sd = self.systemd()
+        description = f"pyouki container {self.unit.rsplit('.', 1)[0]}"
+        if self.is_slice:
+            sd.start_transient_unit(self.unit, {"Description": description, "Wants": [self.slice],
+                                                "DefaultDependencies": False}, timeout=TIMEOUT)
+        else:
+            sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
+                                     description=description, timeout=TIMEOUT)
+        try:
+            # Where the kernel put the pid is the scope's cgroup as this process sees it (also
+            # inside a cgroup namespace), and costs no D-Bus round trip; a slice asks systemd.
+            path = None if self.is_slice else _pid_cgroup(pid)
+            self.fs = fs_manager(path or self._control_group())
+            if self.is_slice or not _is_unified():
+                # v1: put the pid in the hierarchies systemd does not manage too, as runc does
+                self.fs.apply(pid)
+        except BaseException:
+            self.remove()
+            raise
+        _debug(f"container cgroup is {self.unit} ({self.fs.to_state()})")
+
+    def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
+        """Unit properties through SetUnitProperties, the rest through the unit's cgroup files."""
+        if not resources:
+            return
+        props, rest = split_resources(resources, self.rootless)
+        if props:
+            self.systemd().set_properties(self.unit, props)
+        if rest:
+            self._fs().set_resources(rest, field)
+
+    def _fs(self) -> CgroupManager:
+        if self.fs is None:
+            self.fs = fs_manager(self._control_group())
+        return self.fs
+
+    def remove(self) -> None:
+        """StopUnit (waiting for its job) and ResetFailedUnit, then remove what cgroupfs left.
+
+        The unit is usually gone already: systemd collects a scope once its last process exits.
+        If the manager is unreachable then, the cgroup is gone with it and that is not an error.
+        """
+        try:
+            sd = self.systemd()
+        except PyoukiError:
+            if self.fs is None or not self._cgroup_exists():
+                _debug(f"systemd unreachable; {self.unit} is gone already")
+                return
+            raise
+        sd.stop_unit(self.unit, timeout=TIMEOUT)
+        sd.reset_failed(self.unit)
+        if self.fs is not None:
+            self.fs.remove()
+
+    def _cgroup_exists(self) -> bool:
+        state = self.fs.to_state() if self.fs is not None else {}
+        return any(os.path.isdir(p) for p in _state_paths(state))
+
+    # everything else is cgroupfs ------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """Freeze through the unit's cgroup (cgroup.freeze or the v1 freezer)."""
+        self._fs().freeze()
+
+    def thaw(self) -> None:
+        """Thaw through the unit's cgroup."""
+        self._fs().thaw()
+
+    def state(self) -> str:
+        """ "frozen" or "thawed", from the unit's cgroup."""
+        return self._fs().state()
+
+    def pids(self) -> list[int]:
+        """Every pid in the unit's cgroup and below."""
+        return self._fs().pids()
+
+    def stats(self) -> dict:
+        """runc-shaped stats from the unit's cgroup."""
+        return self._fs().stats()
+
+    def kill_all(self, sig: int) -> None:
+        """Signal every process in the unit's cgroup."""
+        self._fs().kill_all(sig)
+
+    def to_state(self) -> dict:
+        """What state.json keeps: the unit, which manager, and the cgroupfs driver's own state."""
+        return {"driver": self.driver, "unit": self.unit, "slice": self.slice, "user": self.user,
+                "rootless": self.rootless, "fs": self.fs.to_state() if self.fs is not None else None}
+
+
+def _state_paths(state: dict) -> list[str]:
+    paths = [state.get("path"), state.get("unified"), *(state.get("paths") or {}).values()]
+    return [p for p in paths if p]
+
+
+def _pid_cgroup(pid: int) -> str | None:
+    """pid's cgroup in the unified hierarchy, else in systemd's named v1 one; None if unknown."""
+    from pyouki.cgroups.common import parse_proc_cgroup
+
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            cgroups = parse_proc_cgroup(f.read())
+    except OSError:
+        return None
+    path = cgroups.get("name=systemd") or cgroups.get("")
+    return path if path and path != "/" else None
+
+
+def _is_unified() -> bool:
+    from pyouki.cgroups import detect_mode
+
+    return detect_mode() == "unified"
+
+
+def fs_manager(control_group: str) -> CgroupManager:
+    """The cgroupfs driver for a unit's ControlGroup (a path from the hierarchy's root)."""
+    from pyouki.cgroups import common as c
+
+    mounts = c.read_mounts()
+    if c.mode_from_mounts(mounts) == "unified":
+        from pyouki.cgroups.v2 import V2Manager
+
+        return V2Manager.for_path(control_group, c.CGROUP_ROOT, mounts)
+    from pyouki.cgroups.v1 import V1Manager
+
+    return V1Manager.for_path(control_group, mounts)
+
+
+def make_manager(cgroups_path: str | None, container_id: str, *, rootless: bool) -> SystemdCgroup:
+    """The systemd driver for a new container, connected now so a missing manager fails before
+    anything is forked: the user manager when rootless, else the system manager."""
+    slice_, unit = parse_cgroups_path(cgroups_path, container_id, rootless)
+    mgr = SystemdCgroup(unit, slice_, user=rootless, rootless=rootless)
+    mgr.systemd()
+    return mgr
+
+
+def from_state(d: dict) -> SystemdCgroup:
+    """Rebuild the driver from to_state(); no D-Bus until something needs systemd."""
+    fs = None
+    if d.get("fs"):
+        from pyouki.cgroups.manager import manager_from_state
+
+        fs = manager_from_state(d["fs"])
+    return SystemdCgroup(d["unit"], d["slice"], bool(d.get("user")), bool(d.get("rootless")), fs)

@@ -1,0 +1,282 @@
+"""Run real pyouki containers with --systemd-cgroup against a real systemd (no pytest here).
+
+    python3 check_driver.py rootful    # as root: the system manager
+    python3 check_driver.py rootless   # as a logged-in user: the user manager
+    python3 check_driver.py dead-bus   # as a user, DBUS_SESSION_BUS_ADDRESS at a dead socket
+
+Runs inside the nspawn container (tests/test_systemd_driver.py) with the repo at /src and the
+host's static busybox at /opt/busybox, and inside the qemu VM. Prints the facts it observed as
+one JSON line for the pytest side to assert on; always kills and deletes its containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from pyouki.dbus_native import messages
+from pyouki.dbus_native.systemd import SystemdManager
+
+MiB = 1024 * 1024
+CGROUP_ROOT = "/sys/fs/cgroup"
+BUSYBOX = os.environ.get("PYOUKI_BUSYBOX", "/opt/busybox")
+PYOUKI = [sys.executable, "-c", "import sys; from pyouki.cli.main import main; sys.exit(main())"]
+RESOURCES = {
+    "memory": {"limit": 64 * MiB},
+    "pids": {"limit": 42},
+    "cpu": {"shares": 512, "quota": 50_000, "period": 100_000},
+}
+UPDATED = {"memory": {"limit": 128 * MiB}, "pids": {"limit": 99}, "cpu": {"shares": 1024}}
+UNIT_PROPS = ("Delegate", "MemoryMax", "TasksMax", "CPUWeight", "CPUQuotaPerSecUSec", "Slice",
+              "ControlGroup")
+
+
+def pyouki(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the pyouki command from /src's tree.
+
+    Output goes to files, not pipes: a created container inherits pyouki's stdio and would
+    keep a pipe open (and the caller waiting) for as long as it runs.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        rc = subprocess.run([*PYOUKI, *args], stdout=out, stderr=err, timeout=timeout, env=env,
+                            stdin=subprocess.DEVNULL).returncode
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, rc, out.read(), err.read())
+
+
+def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[str]) -> str:
+    """A busybox bundle from `pyouki spec`, with the test's resources and cgroupsPath."""
+    bundle = os.path.join(base, "bundle")
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(os.path.join(rootfs, "bin"))
+    shutil.copy2(BUSYBOX, os.path.join(rootfs, "bin/busybox"))
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+    for d in ("proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    res = pyouki("spec", *(["--rootless"] if rootless else []), "--bundle", bundle)
+    if res.returncode:
+        raise SystemExit(f"pyouki spec failed: {res.stderr}")
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["linux"]["resources"] = json.loads(json.dumps(RESOURCES))
+    if cgroups_path:
+        config["linux"]["cgroupsPath"] = cgroups_path
+    else:
+        config["linux"].pop("cgroupsPath", None)
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(config, f)
+    return bundle
+
+
+def unit_facts(sd: SystemdManager, unit: str) -> dict[str, Any]:
+    """What systemd says about the unit and what its cgroup holds."""
+    if not sd.unit_exists(unit):
+        return {"exists": False}
+    iface = "org.freedesktop.systemd1.Slice" if unit.endswith(".slice") else messages.SCOPE_INTERFACE
+    props = sd.get_unit_properties(unit, iface)
+    facts: dict[str, Any] = {k: props.get(k) for k in UNIT_PROPS}
+    facts["exists"] = True
+    facts["ActiveState"] = sd.get_unit_property(unit, messages.UNIT_INTERFACE, "ActiveState")
+    cgroup = CGROUP_ROOT + str(props["ControlGroup"])
+    with open(os.path.join(cgroup, "cgroup.procs")) as f:
+        facts["procs"] = sorted(int(p) for p in f.read().split())
+    facts["cgroup_owner"] = os.stat(cgroup).st_uid
+    facts["files"] = {name: _read(os.path.join(cgroup, name))
+                      for name in ("memory.max", "pids.max", "cpu.max", "cpu.weight", "cgroup.controllers")}
+    return facts
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def proc_cgroup(pid: int) -> str:
+    """The unified-hierarchy line of /proc/PID/cgroup."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next(line.split(":", 2)[2] for line in f.read().splitlines() if line.startswith("0::"))
+
+
+def update(root: str, cid: str, resources: dict[str, Any], env: dict[str, str]) -> str:
+    """`pyouki update --resources` when the command exists, else the driver's set_resources."""
+    probe = pyouki("update", "--help", env=env)
+    if probe.returncode == 0:
+        fd, path = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(resources, f)
+        res = pyouki("--root", root, "update", "--resources", path, cid, env=env)
+        os.unlink(path)
+        if res.returncode:
+            raise SystemExit(f"pyouki update failed: {res.stderr}")
+        return "command"
+    from pyouki.cgroups import manager_from_state
+    from pyouki.state import Container
+
+    container = Container(root, cid)
+    container.load()
+    mgr = manager_from_state(container.record["cgroup"])
+    assert mgr is not None
+    mgr.set_resources(resources)
+    return "set_resources"
+
+
+def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, Any]:
+    """create → read back → start → update → freeze/thaw → kill → delete, with facts at each step."""
+    env = dict(os.environ)
+    base = tempfile.mkdtemp(prefix="pyouki-driver-")
+    root = os.path.join(base, "state")
+    facts: dict[str, Any] = {"id": cid}
+    sd = SystemdManager.connect(user=rootless, timeout=10)
+    try:
+        bundle = make_bundle(base, rootless, cgroups_path, ["sleep", "600"])
+        res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid, env=env)
+        facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        if res.returncode:
+            return facts
+        state = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)
+        pid = int(state["pid"])
+        facts["pid"] = pid
+        from pyouki.state import Container
+
+        container = Container(root, cid)
+        container.load()
+        record = container.record["cgroup"]
+        facts["record"] = record
+        unit = record["unit"]
+        facts["created"] = unit_facts(sd, unit)
+        facts["proc_cgroup"] = proc_cgroup(pid)
+        if not rootless:
+            from pyouki.cgroups import _bpf
+
+            facts["device_programs"] = _bpf.attached_program_count(CGROUP_ROOT + facts["created"]["ControlGroup"])
+        res = pyouki("--root", root, "start", cid, env=env)
+        facts["start_rc"] = res.returncode
+        facts["update_via"] = update(root, cid, UPDATED, env)
+        facts["updated"] = unit_facts(sd, unit)
+        from pyouki.cgroups import manager_from_state
+
+        mgr = manager_from_state(record)
+        assert mgr is not None
+        mgr.freeze()
+        facts["frozen"] = [mgr.state(), _read(os.path.join(CGROUP_ROOT + facts["created"]["ControlGroup"],
+                                                            "cgroup.events"))]
+        mgr.thaw()
+        facts["thawed"] = mgr.state()
+        facts["manager_pids"] = sorted(mgr.pids())
+        pyouki("--root", root, "kill", cid, "KILL", env=env)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        res = pyouki("--root", root, "delete", cid, env=env)
+        facts["delete"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        facts["deleted"] = unit_facts(sd, unit)
+        facts["cgroup_left"] = os.path.exists(CGROUP_ROOT + facts["created"]["ControlGroup"])
+        facts["state_left"] = os.listdir(root) if os.path.isdir(root) else []
+    finally:
+        pyouki("--root", root, "delete", "--force", cid, env=env)
+        unit = (facts.get("record") or {}).get("unit")
+        if unit:
+            with contextlib.suppress(Exception):
+                sd.stop_unit(unit, timeout=10)
+        sd.close()
+        shutil.rmtree(base, ignore_errors=True)
+    return facts
+
+
+def failed_create(rootless: bool) -> dict[str, Any]:
+    """A resource that fails after the unit exists (a cgroupfs write) must take the unit with it.
+
+    The nspawn container's cgroup tree has no memory controller, so ``unified`` memory.high
+    fails with the field named, after StartTransientUnit succeeded.
+    """
+    base = tempfile.mkdtemp(prefix="pyouki-failed-")
+    root = os.path.join(base, "state")
+    cid = f"failed-{os.getpid()}"
+    unit = f"pyouki-{cid}.scope"
+    facts: dict[str, Any] = {"unit": unit}
+    try:
+        bundle = make_bundle(base, rootless, None, ["sleep", "600"])
+        with open(os.path.join(bundle, "config.json")) as f:
+            config = json.load(f)
+        config["linux"]["resources"]["unified"] = {"memory.high": "1048576"}
+        with open(os.path.join(bundle, "config.json"), "w") as f:
+            json.dump(config, f)
+        res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid)
+        facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        facts["state_left"] = os.listdir(root) if os.path.isdir(root) else []
+        facts["sleepers"] = [p for p in os.listdir("/proc") if p.isdigit() and _read(f"/proc/{p}/comm") == "sleep"]
+        with SystemdManager.connect(user=rootless, timeout=10) as sd:
+            facts["unit_left"] = sd.unit_exists(unit)
+    finally:
+        pyouki("--root", root, "delete", "--force", cid)
+        shutil.rmtree(base, ignore_errors=True)
+    return facts
+
+
+def dead_bus() -> dict[str, Any]:
+    """--systemd-cgroup with the user bus at a dead socket and no private socket: a clean failure."""
+    base = tempfile.mkdtemp(prefix="pyouki-deadbus-")
+    cid = f"deadbus-{os.getpid()}"
+    root = os.path.join(base, "state")
+    dead = os.path.join(base, "bus")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(dead)
+    s.close()  # the socket file stays and nobody listens: connection refused
+    runtime_dir = os.path.join(base, "runtime")
+    os.mkdir(runtime_dir, 0o700)
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=f"unix:path={dead}", XDG_RUNTIME_DIR=runtime_dir)
+    facts: dict[str, Any] = {"dead": dead, "runtime_dir": runtime_dir}
+    try:
+        bundle = make_bundle(base, True, None, ["sleep", "600"])
+        res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid, env=env, timeout=60)
+        facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        facts["state_left"] = os.listdir(root) if os.path.isdir(root) else []
+        facts["sleepers"] = [p for p in os.listdir("/proc") if p.isdigit() and _read(f"/proc/{p}/comm") == "sleep"]
+        with SystemdManager.connect(user=True, timeout=10) as sd:
+            facts["unit_left"] = sd.unit_exists(f"pyouki-{cid}.scope")
+    finally:
+        pyouki("--root", root, "delete", "--force", cid, env=env)
+        shutil.rmtree(base, ignore_errors=True)
+    return facts
+
+
+def main() -> int:
+    mode = sys.argv[1]
+    out: dict[str, Any]
+    if mode == "rootful":
+        out = {"default": lifecycle(False, None, f"rootful-{os.getpid()}"),
+               "explicit": lifecycle(False, f"machine.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
+               "failed": failed_create(False),
+               "slice": lifecycle(False, f"system.slice:pyt:pyt-{os.getpid()}.slice", f"sl-{os.getpid()}")}
+    elif mode == "rootless":
+        out = {"default": lifecycle(True, None, f"rootless-{os.getpid()}"),
+               "explicit": lifecycle(True, f"app.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
+               "failed": failed_create(True),
+               "uid": os.getuid()}
+    elif mode == "dead-bus":
+        out = dead_bus()
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

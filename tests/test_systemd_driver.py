@@ -1,0 +1,344 @@
+"""The systemd cgroup driver (pyouki/cgroups/systemd.py): logic, dead buses, and a real systemd.
+
+- pure logic: cgroupsPath parsing and the split of linux.resources between unit properties
+  and cgroupfs;
+- host: ``--systemd-cgroup`` with a dead or hung bus fails in bounded time with one clear
+  line and leaves nothing behind (no systemd needed);
+- nspawn tier: real pyouki containers with ``--systemd-cgroup`` inside a booted Debian
+  (tests/systemd/check_driver.py), rootful on the system bus and rootless as a user logged in
+  through PAM on the user bus: the unit is read back over D-Bus, the container's init is in
+  the scope's cgroup, ``update`` changes the unit, ``delete`` removes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Bundle, Result, Runner, assert_failed_cleanly, marked_pids
+
+from pyouki.cgroups.systemd import parse_cgroups_path, split_resources
+from pyouki.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+TEST_UID = 1000
+
+
+def _load_nspawn() -> Any:
+    # Loaded by path ("systemd" as a package name would clash with python-systemd); shared
+    # with test_dbus_systemd.py through sys.modules.
+    name = "pyouki_tests_nspawn"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests/systemd/nspawn.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+nspawn = _load_nspawn()
+
+
+# -- pure logic -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "rootless", "expected"), [
+    (None, False, ("system.slice", "pyouki-c1.scope")),
+    (None, True, ("user.slice", "pyouki-c1.scope")),
+    ("", False, ("system.slice", "pyouki-c1.scope")),
+    ("machine.slice:libpod:abc", False, ("machine.slice", "libpod-abc.scope")),
+    (":crio:abc", True, ("user.slice", "crio-abc.scope")),
+    ("system.slice::abc", False, ("system.slice", "abc.scope")),
+    ("system.slice:ignored:pods-x.slice", False, ("system.slice", "pods-x.slice")),
+])
+def test_cgroups_path_like_runc(path: str | None, rootless: bool, expected: tuple[str, str]) -> None:
+    assert parse_cgroups_path(path, "c1", rootless) == expected
+
+
+@pytest.mark.parametrize("path", ["/pyouki/c1", "system.slice:c1", "a:b:c:d", "system:p:c1",
+                                  "system.slice:p:", "system.slice:p:a/b"])
+def test_bad_cgroups_path_names_the_field(path: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_cgroups_path(path, "c1", False)
+    assert str(e.value).startswith("linux.cgroupsPath: ")
+    assert "\n" not in str(e.value)
+
+
+def test_resources_split_between_properties_and_cgroupfs() -> None:
+    devices = [{"allow": False, "access": "rwm"}]
+    resources = {
+        "memory": {"limit": 64 * MiB, "swappiness": 10},
+        "pids": {"limit": 42},
+        "cpu": {"shares": 1024, "quota": 50_000, "period": 100_000, "burst": 1000},
+        "blockIO": {"weight": 500, "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 0}],
+        "unified": {"memory.high": "max"},
+        "devices": devices,
+    }
+    props, rest = split_resources(resources, rootless=False)
+    assert props == {"MemoryMax": 64 * MiB, "TasksMax": 42, "CPUWeight": 39, "CPUQuotaPeriodUSec": 100_000,
+                     "CPUQuotaPerSecUSec": 500_000, "IOWeight": 4950}
+    assert rest == {"memory": {"swappiness": 10}, "cpu": {"burst": 1000},
+                    "blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]},
+                    "hugepageLimits": [{"pageSize": "2MB", "limit": 0}], "unified": {"memory.high": "max"},
+                    "devices": devices}
+
+
+def test_swap_equal_to_memory_means_no_swap() -> None:
+    props, rest = split_resources({"memory": {"limit": 32 * MiB, "swap": 32 * MiB}}, rootless=False)
+    assert props == {"MemoryMax": 32 * MiB, "MemorySwapMax": 0}
+    assert rest == {}
+
+
+def test_rootless_drops_device_rules_like_runc() -> None:
+    props, rest = split_resources({"pids": {"limit": 7}, "devices": [{"allow": False, "access": "rwm"}]},
+                                  rootless=True)
+    assert props == {"TasksMax": 7}
+    assert rest == {}
+
+
+def test_check_before_update_goes_to_cgroupfs_with_the_limit() -> None:
+    props, rest = split_resources({"memory": {"limit": 8 * MiB, "checkBeforeUpdate": True}}, rootless=True)
+    assert props == {"MemoryMax": 8 * MiB}
+    assert rest == {"memory": {"checkBeforeUpdate": True, "limit": 8 * MiB}}
+
+
+def test_rebuilding_from_state_imports_no_dbus() -> None:
+    """state/kill/pause rebuild the driver per call: that must not pay for jeepney."""
+    code = """
+import sys
+from pyouki.cgroups import manager_from_state
+m = manager_from_state({"driver": "systemd", "unit": "pyouki-x.scope", "slice": "system.slice",
+                        "user": False, "rootless": False,
+                        "fs": {"driver": "cgroupfs-v2", "path": "/nonexistent/x", "mountpoint": "/nonexistent"}})
+print(type(m).__name__, m.to_state()["unit"], "jeepney" in sys.modules)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert res.stdout.split() == ["SystemdCgroup", "pyouki-x.scope", "False"], res.stderr
+
+
+# -- dead and hung buses on the host -----------------------------------------------------------
+
+def _dead_socket(path: Path) -> str:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens: connection refused
+    os.chmod(path, 0o777)
+    return str(path)
+
+
+def _create_systemd(runner: Runner, cid: str, bundle: Bundle, env: dict[str, str]) -> Result:
+    if cid not in runner.ids:
+        runner.ids.append(cid)
+    return runner.cmd("--systemd-cgroup", "create", "--bundle", str(bundle.path), cid, env=env, timeout=60)
+
+
+def _assert_nothing_left(runner: Runner, cid: str) -> None:
+    assert not (runner.state_root / cid).exists()
+    assert marked_pids(runner.mark) == []
+
+
+@pytest.mark.parametrize("mode", ["rootless"])
+def test_dead_user_bus_fails_cleanly(runner: Runner, bundle: Bundle) -> None:
+    dead = _dead_socket(runner.workdir / "dead-bus")
+    env = dict(runner.env(), DBUS_SESSION_BUS_ADDRESS=f"unix:path={dead}")
+    cid = runner.new_id("deadbus")
+    res = _create_systemd(runner, cid, bundle, env)
+    assert_failed_cleanly(runner.runtime, res)
+    assert res.stderr.strip() == (
+        f"pyouki: failed to connect to the systemd user manager at unix:path={dead}: connection refused "
+        f"(also tried unix:path={runner.xdg}/systemd/private: no such file or directory)")
+    _assert_nothing_left(runner, cid)
+
+
+@pytest.mark.parametrize("mode", ["rootless"])
+def test_hung_user_bus_times_out_cleanly(runner: Runner, bundle: Bundle) -> None:
+    hung = runner.workdir / "hung-bus"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(hung))
+    os.chmod(hung, 0o777)
+    server.listen(8)  # connects complete in the kernel; nobody ever answers
+    try:
+        env = dict(runner.env(), DBUS_SESSION_BUS_ADDRESS=f"unix:path={hung}", PYOUKI_SYSTEMD_TIMEOUT="1")
+        cid = runner.new_id("hungbus")
+        res = _create_systemd(runner, cid, bundle, env)
+    finally:
+        server.close()
+    assert_failed_cleanly(runner.runtime, res)
+    assert res.stderr.strip().startswith(
+        f"pyouki: failed to connect to the systemd user manager at unix:path={hung}: no answer within 1 s")
+    _assert_nothing_left(runner, cid)
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_dead_system_bus_fails_cleanly(runner: Runner, bundle: Bundle) -> None:
+    if os.path.exists("/run/systemd/private"):
+        pytest.skip("this host runs a systemd system manager: its private socket would answer")
+    dead = _dead_socket(runner.workdir / "dead-system-bus")
+    env = dict(runner.env(), DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={dead}")
+    cid = runner.new_id("deadsys")
+    res = _create_systemd(runner, cid, bundle, env)
+    assert_failed_cleanly(runner.runtime, res)
+    assert res.stderr.strip().startswith(
+        f"pyouki: failed to connect to the systemd system manager at unix:path={dead}: connection refused")
+    _assert_nothing_left(runner, cid)
+
+
+# -- real systemd in nspawn --------------------------------------------------------------------
+
+def _ensure_tools() -> None:
+    """Install the tier's host packages if missing; skip only if that is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("the nspawn tier needs root (systemd-nspawn, debootstrap)")
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("busybox-static is not installed")
+    if not nspawn.missing_tools():
+        return
+    lines = (REPO / "tests/systemd/APT_PACKAGES").read_text().splitlines()
+    packages = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    res = subprocess.run(["apt-get", "install", "-y", *packages], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 or nspawn.missing_tools():
+        pytest.skip(f"systemd-nspawn cannot be installed: {res.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Any]:
+    """One booted container for the module, with the host's static busybox at /opt/busybox."""
+    _ensure_tools()
+    with nspawn.booted(REPO, binds=[("/bin/busybox", "/opt/busybox")]) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def facts(machine: Any) -> dict[str, Any]:
+    """What check_driver.py observed per mode, each run once."""
+    env = {"PYTHONPATH": "/src", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = {}
+    for mode, user in (("rootful", False), ("rootless", True), ("dead-bus", True)):
+        res = machine.run(["python3", "tests/systemd/check_driver.py", mode], user=user, env=env,
+                          timeout=180).check()
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+RUNS = [("rootful", "default"), ("rootful", "explicit"), ("rootless", "default"), ("rootless", "explicit")]
+EXPECTED_UNIT = {
+    ("rootful", "default"): ("system.slice", "pyouki-{id}.scope", "/system.slice/"),
+    ("rootful", "explicit"): ("machine.slice", "pyt-explicit-{pid}.scope", "/machine.slice/"),
+    ("rootless", "default"): ("user.slice", "pyouki-{id}.scope",
+                              f"/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service/user.slice/"),
+    ("rootless", "explicit"): ("app.slice", "pyt-explicit-{pid}.scope",
+                               f"/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service/app.slice/"),
+}
+
+
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_create_makes_a_delegated_unit_with_the_limits(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    slice_, unit_pattern, cgroup_prefix = EXPECTED_UNIT[(mode, run)]
+    unit = unit_pattern.format(id=f["id"], pid=f["id"].rsplit("-", 1)[-1])
+    assert f["record"]["driver"] == "systemd"
+    assert f["record"]["unit"] == unit
+    assert f["record"]["user"] is (mode == "rootless")
+    created = f["created"]
+    assert created["exists"] is True
+    assert created["ActiveState"] == "active"
+    assert created["Delegate"] is True
+    assert created["Slice"] == slice_
+    assert created["ControlGroup"] == cgroup_prefix + unit
+    assert created["MemoryMax"] == 64 * MiB
+    assert created["TasksMax"] == 42
+    assert created["CPUWeight"] == 20  # cpu.shares 512 with runc's conversion
+    assert created["CPUQuotaPerSecUSec"] == 500_000  # quota 50000 per 100000 period
+    assert created["cgroup_owner"] == (TEST_UID if mode == "rootless" else 0)
+
+
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_container_init_is_in_the_scope(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["created"]["procs"] == [f["pid"]]
+    assert f["proc_cgroup"] == f["created"]["ControlGroup"]
+    assert f["record"]["fs"]["path"] == "/sys/fs/cgroup" + f["created"]["ControlGroup"]
+    assert f["manager_pids"] == [f["pid"]]
+    assert f["start_rc"] == 0
+
+
+@pytest.mark.parametrize("run", ["default", "explicit"])
+def test_rootful_device_filter_is_attached_to_the_scope(facts: dict[str, Any], run: str) -> None:
+    assert facts["rootful"][run]["device_programs"] == 1
+
+
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_update_changes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
+    updated = facts[mode][run]["updated"]
+    assert updated["MemoryMax"] == 128 * MiB
+    assert updated["TasksMax"] == 99
+    assert updated["CPUWeight"] == 39  # cpu.shares 1024
+    assert updated["CPUQuotaPerSecUSec"] == 500_000  # untouched by the update
+    assert updated["Delegate"] is True
+    assert updated["procs"] == [facts[mode][run]["pid"]]
+
+
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_freeze_and_thaw_through_the_scope(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["frozen"][0] == "frozen"
+    assert "frozen 1" in f["frozen"][1].splitlines()
+    assert f["thawed"] == "thawed"
+
+
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_delete_removes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["delete"] == {"rc": 0, "stderr": ""}
+    assert f["deleted"] == {"exists": False}
+    assert f["cgroup_left"] is False
+    assert f["state_left"] == []
+
+
+def test_dead_user_bus_in_a_real_login(facts: dict[str, Any]) -> None:
+    f = facts["dead-bus"]
+    assert f["create"]["rc"] == 1
+    assert f["create"]["stderr"] == (
+        f"pyouki: failed to connect to the systemd user manager at unix:path={f['dead']}: connection refused "
+        f"(also tried unix:path={f['runtime_dir']}/systemd/private: no such file or directory)")
+    assert f["state_left"] == []
+    assert f["sleepers"] == []
+    assert f["unit_left"] is False
+
+
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_failed_create_removes_the_unit(facts: dict[str, Any], mode: str) -> None:
+    f = facts[mode]["failed"]
+    assert f["create"]["rc"] == 1
+    assert f["create"]["stderr"].startswith("pyouki: linux.resources.unified.memory.high: ")
+    assert "\n" not in f["create"]["stderr"]
+    assert f["unit_left"] is False
+    assert f["state_left"] == []
+    assert f["sleepers"] == []
+
+
+def test_name_ending_in_slice_makes_a_slice(facts: dict[str, Any]) -> None:
+    f = facts["rootful"]["slice"]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    unit = f["record"]["unit"]
+    assert unit.startswith("pyt-") and unit.endswith(".slice")
+    # systemd nests a slice by the dashes in its name, as runc's slices are
+    assert f["created"]["ControlGroup"] == f"/pyt.slice/{unit}"
+    assert f["created"]["procs"] == [f["pid"]]  # written through cgroupfs: a slice takes no PIDs
+    assert f["created"]["MemoryMax"] == 64 * MiB
+    assert f["updated"]["TasksMax"] == 99
+    assert f["deleted"] == {"exists": False}
+    assert f["cgroup_left"] is False

@@ -1,0 +1,148 @@
+"""Limits enforced by a real kernel: pyouki in a qemu VM with cgroup v2 controllers (tests/vm/).
+
+The host's kernel keeps memory/pids/cpu on cgroup v1, so this tier boots Debian's kernel with
+systemd under TCG, once per session (tests/vm/vm.py; the image is built once and cached), and
+runs tests/vm/guest.py inside: pyouki rootless under the user manager with --systemd-cgroup,
+rootful with --systemd-cgroup on the system manager, and rootful cgroupfs v2. The guest
+reports what the kernel did; the assertions are here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+TEST_UID = 1000
+PARTS = ("rootless-systemd", "rootful-systemd", "rootful-cgroupfs")
+
+
+def _load_vm() -> Any:
+    name = "pyouki_tests_vm"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests/vm/vm.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+vm = _load_vm()
+
+
+def _ensure_tools() -> None:
+    """Install the tier's host packages if missing; skip only if that is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("the VM tier needs root (debootstrap, chroot, mkfs)")
+    if os.environ.get("PYOUKI_NO_VM"):
+        pytest.skip("PYOUKI_NO_VM is set")
+    missing = vm.missing_tools() + vm._nspawn().missing_tools()
+    if not missing:
+        return
+    packages = vm.apt_packages() + vm._nspawn()._apt_packages()
+    res = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages],
+                         capture_output=True, text=True, timeout=900)
+    if res.returncode != 0 or vm.missing_tools():
+        pytest.skip(f"cannot install the VM tier's tools: {res.stderr.strip()[-300:]}")
+
+
+@pytest.fixture(scope="session")
+def guest() -> dict[str, Any]:
+    """One build (cached) and one boot for the whole session."""
+    _ensure_tools()
+    out = vm.run_guest(log=False)
+    return dict(out["results"])
+
+
+def _part(guest: dict[str, Any], part: str) -> dict[str, Any]:
+    facts = guest[part]
+    assert "error" not in facts, facts["error"]
+    return dict(facts)
+
+
+def test_guest_has_cgroup_v2_controllers_delegated_to_the_user(guest: dict[str, Any]) -> None:
+    env = guest["env"]
+    assert env["systemd"] == "systemd"
+    assert {"cpu", "memory", "pids"} <= set(env["root_controllers"].split())
+    assert {"cpu", "memory", "pids"} <= set(env["user_controllers"].split())
+    assert guest["ok"] is True
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_limits_are_in_the_container_cgroup(guest: dict[str, Any], part: str) -> None:
+    f = _part(guest, part)["limits"]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["start_rc"] == 0
+    assert f["procs"] == str(f["pid"])
+    assert f["files"]["memory.max"] == str(32 * MiB)
+    assert f["files"]["memory.swap.max"] == "0"  # swap == limit: no swap at all
+    assert f["files"]["pids.max"] == "20"
+    assert f["files"]["cpu.max"] == "20000 100000"
+    assert f["files"]["cpu.weight"] == "20"  # cpu.shares 512
+
+
+def test_rootless_systemd_container_is_in_a_delegated_user_scope(guest: dict[str, Any]) -> None:
+    f = _part(guest, "rootless-systemd")
+    assert f["uid"] == TEST_UID
+    limits = f["limits"]
+    assert limits["driver"] == "systemd"
+    assert limits["unit"].startswith("pyouki-") and limits["unit"].endswith(".scope")
+    assert limits["cgroup"] == (f"/sys/fs/cgroup/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service/"
+                                f"user.slice/{limits['unit']}")
+
+
+def test_rootful_drivers(guest: dict[str, Any]) -> None:
+    systemd = _part(guest, "rootful-systemd")["limits"]
+    assert systemd["driver"] == "systemd"
+    assert systemd["cgroup"] == f"/sys/fs/cgroup/system.slice/{systemd['unit']}"
+    cgroupfs = _part(guest, "rootful-cgroupfs")["limits"]
+    assert cgroupfs["driver"] == "cgroupfs-v2"
+    assert cgroupfs["cgroup"].startswith("/sys/fs/cgroup/pyouki/")
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_update_changes_limits_live(guest: dict[str, Any], part: str) -> None:
+    f = _part(guest, part)["limits"]
+    assert f["updated"]["memory.max"] == str(48 * MiB)
+    assert f["updated"]["memory.swap.max"] == "0"
+    assert f["updated"]["pids.max"] == "30"
+    assert f["updated"]["cpu.max"] == "50000 100000"  # new quota, period kept
+    assert f["updated"]["cpu.weight"] == "20"  # not part of the update
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_memory_hog_is_oom_killed(guest: dict[str, Any], part: str) -> None:
+    f = _part(guest, part)["memory_hog"]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["hog_status"] == "137"  # 128 + SIGKILL
+    assert f["memory.events"]["oom_kill"] >= 1
+    assert f["memory.max"] == str(32 * MiB)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_fork_bomb_stops_at_the_pids_limit(guest: dict[str, Any], part: str) -> None:
+    f = _part(guest, part)["fork_bomb"]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["done"] == "done"
+    assert f["pids.max"] == "20"
+    assert int(f["pids.current"]) <= 20
+    assert f["pids.events"]["max"] >= 1  # the kernel refused at least one fork
+    assert f["fork_errors"] >= 1
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_delete_removes_cgroup_and_unit(guest: dict[str, Any], part: str) -> None:
+    for case in ("limits", "memory_hog", "fork_bomb"):
+        f = _part(guest, part)[case]
+        assert f["delete"] == {"rc": 0, "stderr": ""}, case
+        assert f["cgroup_left"] is False, case
+        if part.endswith("-systemd"):
+            assert f["unit_left"] is False, case

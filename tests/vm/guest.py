@@ -1,0 +1,262 @@
+"""Inside the VM: real pyouki containers with enforced cgroup v2 limits (no pytest here).
+
+    python3 tests/vm/guest.py RESULTS.json      # as root (the VM's test unit): every part
+    python3 tests/vm/guest.py --part NAME       # one part, JSON on stdout
+
+Parts: ``rootless-systemd`` (as the lingering user ``tester`` through a PAM login, the user
+manager, ``--systemd-cgroup``), ``rootful-systemd`` (the system manager) and
+``rootful-cgroupfs`` (no systemd). Each one creates containers with memory, pids and cpu
+limits and reports what the kernel did: the limit files in the container's cgroup before and
+after ``update``, a memory hog's exit status and ``memory.events``, a fork loop's
+``pids.current`` and ``pids.events``, and whether delete removed the cgroup. The pytest side
+(tests/test_vm_enforcement.py) asserts on the JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+TEST_UID = 1000
+HERE = Path(__file__).resolve().parent
+LIMITS = {
+    "memory": {"limit": 32 * MiB, "swap": 32 * MiB},
+    "pids": {"limit": 20},
+    "cpu": {"shares": 512, "quota": 20_000, "period": 100_000},
+}
+UPDATED = {"memory": {"limit": 48 * MiB, "swap": 48 * MiB}, "pids": {"limit": 30}, "cpu": {"quota": 50_000}}
+FILES = ("memory.max", "memory.swap.max", "pids.max", "cpu.max", "cpu.weight", "cgroup.controllers")
+PARTS = ("rootless-systemd", "rootful-systemd", "rootful-cgroupfs")
+
+
+def _driver() -> Any:
+    """tests/systemd/check_driver.py (staged next to this file): pyouki(), make_bundle(), update()."""
+    spec = importlib.util.spec_from_file_location("check_driver", HERE / "check_driver.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _kv(text: str | None) -> dict[str, int]:
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.isdigit():
+            out[key] = int(value)
+    return out
+
+
+class Part:
+    """One way of running pyouki (rootless or rootful, systemd or cgroupfs) and its containers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.systemd = name.endswith("-systemd")
+        self.rootless = name.startswith("rootless")
+        self.drv = _driver()
+        self.base = tempfile.mkdtemp(prefix=f"pyouki-vm-{name}-")
+        self.root = os.path.join(self.base, "state")
+        self.n = 0
+
+    def pyouki(self, *args: str) -> Any:
+        flags = ["--root", self.root] + (["--systemd-cgroup"] if self.systemd and args[0] in ("create", "run") else [])
+        return self.drv.pyouki(*flags, *args, timeout=120)
+
+    def create(self, args: list[str], resources: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """Create and start a container running args; return (id, its cgroup dir, facts)."""
+        self.n += 1
+        cid = f"{self.name}-{self.n}-{os.getpid()}"
+        workdir = os.path.join(self.base, cid)
+        os.mkdir(workdir)
+        bundle = self.drv.make_bundle(workdir, self.rootless, None, args)
+        config_path = os.path.join(bundle, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["linux"]["resources"] = resources
+        config["root"]["readonly"] = False  # the scripts report through files in the rootfs
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        res = self.pyouki("create", "--bundle", bundle, cid)
+        facts: dict[str, Any] = {"create": {"rc": res.returncode, "stderr": res.stderr.strip()}}
+        if res.returncode:
+            return cid, "", facts
+        from pyouki.state import Container
+
+        container = Container(self.root, cid)
+        container.load()
+        record = container.record["cgroup"]
+        facts["driver"] = record["driver"]
+        facts["unit"] = record.get("unit")
+        cgroup = (record.get("fs") or record)["path"]
+        facts["cgroup"] = cgroup
+        facts["pid"] = container.record["pid"]
+        facts["start_rc"] = self.pyouki("start", cid).returncode
+        return cid, cgroup, facts
+
+    def delete(self, cid: str, cgroup: str, facts: dict[str, Any]) -> None:
+        """kill -9, delete, and record whether the cgroup (and unit) went away."""
+        self.pyouki("kill", cid, "KILL")
+        pid = facts.get("pid")
+        deadline = time.monotonic() + 30
+        while pid and os.path.exists(f"/proc/{pid}") and _read(f"/proc/{pid}/stat") and time.monotonic() < deadline:
+            stat = _read(f"/proc/{pid}/stat") or ""
+            if stat.rpartition(")")[2].split()[:1] == ["Z"]:
+                break
+            time.sleep(0.05)
+        res = self.pyouki("delete", "--force", cid)
+        facts["delete"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        facts["cgroup_left"] = bool(cgroup) and os.path.exists(cgroup)
+        if facts.get("unit"):
+            from pyouki.dbus_native.systemd import SystemdManager
+
+            with SystemdManager.connect(user=self.rootless, timeout=30) as sd:
+                facts["unit_left"] = sd.unit_exists(facts["unit"])
+
+    def limits(self) -> dict[str, Any]:
+        """The limit files before and after `update`."""
+        cid, cgroup, facts = self.create(["sleep", "1000"], json.loads(json.dumps(LIMITS)))
+        if cgroup:
+            try:
+                facts["files"] = {name: _read(os.path.join(cgroup, name)) for name in FILES}
+                facts["procs"] = _read(os.path.join(cgroup, "cgroup.procs"))
+                facts["update_via"] = self.drv.update(self.root, cid, UPDATED, dict(os.environ))
+                facts["updated"] = {name: _read(os.path.join(cgroup, name)) for name in FILES}
+            finally:
+                self.delete(cid, cgroup, facts)
+        return facts
+
+    def memory_hog(self) -> dict[str, Any]:
+        """dd with a 64 MiB buffer under a 32 MiB limit (no swap): the OOM killer ends it."""
+        script = "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo $? > /hog.status; exec sleep 1000"
+        resources = {"memory": {"limit": 32 * MiB, "swap": 32 * MiB}, "pids": {"limit": 20}}
+        cid, cgroup, facts = self.create(["sh", "-c", script], resources)
+        if cgroup:
+            try:
+                status = os.path.join(self.base, cid, "bundle/rootfs/hog.status")
+                facts["hog_status"] = _wait_file(status, 60)
+                facts["memory.events"] = _kv(_read(os.path.join(cgroup, "memory.events")))
+                facts["memory.max"] = _read(os.path.join(cgroup, "memory.max"))
+            finally:
+                self.delete(cid, cgroup, facts)
+        return facts
+
+    def fork_bomb(self) -> dict[str, Any]:
+        """A subshell forking 60 sleeps under pids.max 20: a fork fails at the limit.
+
+        A failed fork ends the (non-interactive) subshell; the container's init survives to
+        report, with builtins only, since it cannot fork either.
+        """
+        script = ("(i=0; while [ $i -lt 60 ]; do sleep 1000 & i=$((i+1)); done) 2>/bomb.err; "
+                  "echo done > /bomb.done; exec sleep 1000")
+        cid, cgroup, facts = self.create(["sh", "-c", script], {"pids": {"limit": 20}})
+        if cgroup:
+            try:
+                rootfs = os.path.join(self.base, cid, "bundle/rootfs")
+                facts["done"] = _wait_file(os.path.join(rootfs, "bomb.done"), 60)
+                facts["fork_errors"] = len((_read(os.path.join(rootfs, "bomb.err")) or "").splitlines())
+                facts["pids.current"] = _read(os.path.join(cgroup, "pids.current"))
+                facts["pids.max"] = _read(os.path.join(cgroup, "pids.max"))
+                facts["pids.events"] = _kv(_read(os.path.join(cgroup, "pids.events")))
+            finally:
+                self.delete(cid, cgroup, facts)
+        return facts
+
+    def run(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uid": os.getuid()}
+        for name, fn in (("limits", self.limits), ("memory_hog", self.memory_hog), ("fork_bomb", self.fork_bomb)):
+            _progress(f"{self.name}: {name}")
+            started = time.monotonic()
+            try:
+                out[name] = fn()
+            except Exception:
+                out[name] = {"error": traceback.format_exc()}
+            out[name]["seconds"] = round(time.monotonic() - started, 2)
+        shutil.rmtree(self.base, ignore_errors=True)
+        return out
+
+
+def _progress(msg: str) -> None:
+    """A line on stderr (the guest log), so a hung run shows where it stopped."""
+    print(f"[{time.monotonic():.1f}] {msg}", file=sys.stderr, flush=True)
+
+
+def _wait_file(path: str, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = _read(path)
+        if text:
+            return text
+        time.sleep(0.1)
+    return None
+
+
+def run_part_as_user(name: str) -> dict[str, Any]:
+    """The part as the test user through a PAM login (XDG_RUNTIME_DIR and the user bus set)."""
+    env = {k: os.environ[k] for k in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYOUKI_BUSYBOX") if k in os.environ}
+    argv = ["systemd-run", "-P", "--wait", "-q", "-p", "PAMName=login", f"--uid={TEST_UID}",
+            f"--working-directory={os.getcwd()}", *(f"--setenv={k}={v}" for k, v in env.items()),
+            "--", sys.executable, str(HERE / "guest.py"), "--part", name]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if res.returncode:
+        return {"error": f"exit {res.returncode}: {res.stderr[-3000:]}"}
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def environment() -> dict[str, Any]:
+    """The kernel and the cgroup tree the tests ran on."""
+    user_cg = f"/sys/fs/cgroup/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service"
+    return {
+        "kernel": os.uname().release,
+        "root_controllers": _read("/sys/fs/cgroup/cgroup.controllers"),
+        "user_controllers": _read(os.path.join(user_cg, "cgroup.controllers")),
+        "user_subtree_control": _read(os.path.join(user_cg, "cgroup.subtree_control")),
+        "cgroup2": "cgroup2" in (_read("/proc/self/mounts") or ""),
+        "systemd": _read("/proc/1/comm"),
+        "uptime": _read("/proc/uptime"),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--part"]:
+        print(json.dumps(Part(argv[1]).run()))
+        return 0
+    results: dict[str, Any] = {"env": environment()}
+    for name in PARTS:
+        _progress(f"part {name}")
+        started = time.monotonic()
+        try:
+            results[name] = run_part_as_user(name) if name.startswith("rootless") else Part(name).run()
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+        results[name]["seconds"] = round(time.monotonic() - started, 2)
+        with open(argv[0] + ".partial", "w") as f:
+            json.dump(results, f, indent=1)
+    results["ok"] = all("error" not in results[name] for name in PARTS)
+    with open(argv[0] + ".part", "w") as f:
+        json.dump(results, f, indent=1)
+    os.rename(argv[0] + ".part", argv[0])
+    _progress("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
