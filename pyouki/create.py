@@ -269,7 +269,12 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
 
             linux = plan.config.get("linux") or {}
             resources = dict(linux.get("resources") or {})
-            resources["devices"] = device_rules(linux)
+            if plan.rootless:
+                # a rootless container cannot own a device cgroup (v1) or attach a filter (v2): runc
+                # ignores the rules too; the user namespace already keeps it from creating nodes
+                resources.pop("devices", None)
+            else:
+                resources["devices"] = device_rules(linux)
             cgroup.set_resources(resources)
         if plan.new_userns:
             linux = plan.config.get("linux") or {}

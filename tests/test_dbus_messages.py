@@ -347,3 +347,12 @@ def test_import_is_cheap() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(REPO)}, timeout=30)
     assert res.stdout.strip() == "[]"
+
+
+def test_swap_equal_to_the_limit_means_no_swap() -> None:
+    """memory.swap == memory.limit (runc's "no swap") must set MemorySwapMax=0, not leave it unset."""
+    from pyouki.dbus_native.resources import resources_to_properties
+
+    props = dict(resources_to_properties({"memory": {"limit": 32 << 20, "swap": 32 << 20}}))
+    assert props["MemorySwapMax"] == 0
+    assert props["MemoryMax"] == 32 << 20

@@ -83,12 +83,6 @@ def split_resources(resources: dict, rootless: bool) -> tuple[dict, dict]:
     # fields without a unit property are applied through cgroupfs (or dropped, above)
     skip = [p for p in set_fields(resources) if p not in SUPPORTED]
     props = resources_to_properties(resources, skip=skip)
-    memory = resources.get("memory") or {}
-    limit, swap = memory.get("limit") or 0, memory.get("swap") or 0
-    if isinstance(limit, int) and limit > 0 and swap == limit:
-        # memory+swap equal to memory means no swap at all: MemorySwapMax=0, as runc sets
-        # (the translation treats a v2 swap of 0 as "unset")
-        props["MemorySwapMax"] = 0
     return props, rest
 
 

@@ -124,7 +124,8 @@ def resources_to_properties(resources: Mapping[str, Any], skip: Collection[str] 
     swap = _int("memory.swap", memory.get("swap") or 0)
     if swap or limit == -1:
         v2_swap = memory_swap_to_v2(swap, limit)
-        if v2_swap:
+        # swap == limit gives 0: no swap at all, which must be set, not left as "unset"
+        if v2_swap or swap:
             props["MemorySwapMax"] = INFINITY if v2_swap < 0 else v2_swap
 
     pids = resources.get("pids") or {}
