@@ -42,6 +42,9 @@ class CapabilitySets:
     """The five sets resolved to numbers, limited to what this kernel supports (like runc)."""
 
     def __init__(self, caps: dict | None) -> None:
+        # an empty object (podman's --cap-drop all) means no capabilities at all, bounding set
+        # included; only a missing one leaves the bounding set alone
+        self.present = caps is not None
         caps = caps or {}
         top = last_cap()
 
@@ -49,7 +52,6 @@ class CapabilitySets:
             nums = [cap_number(n, f"process.capabilities.{key}[{i}]") for i, n in enumerate(caps.get(key) or [])]
             return sorted({n for n in nums if n <= top})
 
-        self.present = bool(caps)
         self.bounding = numbers("bounding")
         self.effective = numbers("effective")
         self.permitted = numbers("permitted")
