@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki import log
+from pyouki import log, notify
 from pyouki.channel import Channel, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
 from pyouki.errors import ContainerError, PyoukiError
@@ -79,6 +79,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
         # it from ever seeing end-of-file, and `start` gets ENXIO if init has died
         fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        if notify.requested():
+            notify.prepare(config, container.dir)
         if subreaper:
             from pyouki import syscalls
 
@@ -97,6 +99,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             "owner": _owner_name(),
             "annotations": config.get("annotations") or {},
             "rootless": opts.rootless,
+            "notify": bool(notify.requested()),
             "cgroup": cgroup.to_state() if cgroup is not None else None,
             "hooks": bool((config.get("hooks") or {}).get("poststart") or (config.get("hooks") or {}).get("poststop")),
             # a pid namespace of its own (not joined): kill --all may then signal everything in it

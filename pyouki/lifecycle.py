@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from pyouki import log
+from pyouki import log, notify
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
@@ -24,6 +24,7 @@ def load(root: str, container_id: str) -> Container:
 def start(root: str, container_id: str) -> None:
     """Let a created container run its process (OCI `start`)."""
     container = load(root, container_id).lock()
+    notify_sock = None
     try:
         status = container.status()
         if status != "created":
@@ -34,6 +35,9 @@ def start(root: str, container_id: str) -> None:
             raise ContainerError(f"cannot start container {container_id}: its init process is gone "
                                  f"({(e.strerror or '').lower()})") from None
         try:
+            if container.record.get("notify") and notify.requested():
+                # bound before the process runs, so its first READY= is not lost
+                notify_sock = notify.bind(container.dir)
             os.write(fd, b"0")
         finally:
             os.close(fd)
@@ -43,6 +47,9 @@ def start(root: str, container_id: str) -> None:
     finally:
         container.unlock()
     log.debug(f"container {container_id} started")
+    if notify_sock is not None:
+        # like runc, start returns once the container says READY (or ends), lock released
+        notify.forward_ready(notify_sock, container.pid, notify.requested())
 
 
 def _poststart(container: Container) -> None:

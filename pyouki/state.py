@@ -243,8 +243,14 @@ class Container:
         except FileNotFoundError:
             return
         for name in names:
+            path = os.path.join(self.dir, name)
             try:
-                os.unlink(os.path.join(self.dir, name))
+                if os.path.isdir(path) and not os.path.islink(path):  # notify/ holds a socket
+                    for inner in os.listdir(path):
+                        os.unlink(os.path.join(path, inner))
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
             except FileNotFoundError:
                 pass
         try:
