@@ -167,7 +167,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     if seccomp_config:
         from pyouki.seccomp import compile_filter
 
-        seccomp = compile_filter(seccomp_config, "linux.seccomp")
+        seccomp = compile_filter(seccomp_config, "linux.seccomp", cache_dir=os.path.join(container.root, ".cache"))
     console_parent = console_child = None
     if process.get("terminal"):
         from pyouki import console

@@ -25,6 +25,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import socket
 
+    from pyouki.seccomp import SeccompFilter
+
 NS_FLAGS = {
     "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
     "network": sc.CLONE_NEWNET, "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
@@ -55,7 +57,8 @@ class Plan:
         self.linux: dict = config.get("linux") or {}
         self.caps = CapabilitySets(self.process.get("capabilities"))
         self.ns_fds = self._open_namespace_paths()
-        self.seccomp = None
+        # the compiled filter: built by the parent before the fork (see pyouki.create)
+        self.seccomp: SeccompFilter | None = None
         from pyouki import hooks
 
         # createRuntime/prestart run in the parent while init waits before pivot_root
@@ -63,10 +66,6 @@ class Plan:
         self.start_hooks = hooks.has(config, "startContainer")
         # the child's end of the terminal socketpair, when process.terminal
         self.console_sock: socket.socket | None = None
-        if self.linux.get("seccomp"):
-            from pyouki import seccomp
-
-            self.seccomp_module = seccomp
 
     def _open_namespace_paths(self) -> dict[str, int]:
         fds = {}
@@ -251,9 +250,6 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         from pyouki import hooks
 
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
-    if linux.get("seccomp"):
-        # libseccomp is loaded and the filter built now, while the host's files are reachable
-        plan.seccomp = plan.seccomp_module.compile_filter(linux["seccomp"], "linux.seccomp")
     fs.pivot(plan.rootfs, plan.no_pivot)
     fs.set_root_propagation(linux.get("rootfsPropagation"))
     if config.get("hostname"):

@@ -485,7 +485,8 @@ class Runner:
     def state_entries(self, root: Path | str | None = None) -> list[str]:
         """Entries of the state dir (empty when it does not exist)."""
         p = Path(root or self.state_root)
-        return sorted(os.listdir(p)) if p.is_dir() else []
+        # .cache holds pyouki's compiled seccomp programs: the runtime's, not a container's
+        return sorted(e for e in os.listdir(p) if e != ".cache") if p.is_dir() else []
 
     def cleanup(self) -> None:
         """Force-delete every container this runner touched and kill stragglers."""
