@@ -302,7 +302,6 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
            setgroups_allowed: bool, up: Channel) -> None:
     """Become the process and exec it; errors go back over up; never returns."""
     from pyouki import init
-    from pyouki.process import environment, resolve_executable, set_rlimits
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
@@ -313,20 +312,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             os.setsid()
             console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
                                        int(user.get("gid", 0)))
-        if seccomp is not None and not process.get("noNewPrivileges"):
-            seccomp.load()
-        set_rlimits(process.get("rlimits") or [])
-        init.drop_privileges(caps, user, setgroups_allowed)
-        env = environment(process.get("env") or [])
-        cwd = process.get("cwd") or "/"
-        try:
-            os.chdir(cwd)
-        except OSError as e:
-            raise PyoukiError(f"process.cwd: failed to change to {cwd}: {(e.strerror or '').lower()}") from None
-        exe = resolve_executable(process["args"][0], env)
-        if process.get("noNewPrivileges"):
-            sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-        init.prepare_fds(preserve_fds + init.listen_fds())
+        exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds + init.listen_fds())
         if seccomp is not None and process.get("noNewPrivileges"):
             seccomp.load()
         os.execve(exe, process["args"], env)

@@ -267,11 +267,18 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         user = process.get("user") or {}
         console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)),
                                    int(user.get("gid", 0)))
-    if plan.seccomp is not None and not process.get("noNewPrivileges"):
+    return become_process(process, plan.caps, plan.seccomp, plan.setgroups_allowed, plan.preserve_fds)
+
+
+def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter | None, setgroups_allowed: bool,
+                   preserve_fds: int) -> tuple[str, dict[str, str]]:
+    """Turn this process into process.* (rlimits, user, capabilities, cwd, no_new_privs, fds) and find
+    its executable; shared by init and exec. Returns (executable, environment) for execve."""
+    if seccomp is not None and not process.get("noNewPrivileges"):
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
-        plan.seccomp.load()
+        seccomp.load()
     set_rlimits(process.get("rlimits") or [])
-    drop_privileges(plan.caps, process.get("user") or {}, plan.setgroups_allowed)
+    drop_privileges(caps, process.get("user") or {}, setgroups_allowed)
     env = environment(process.get("env") or [])
     cwd = process.get("cwd") or "/"
     try:
@@ -281,7 +288,7 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
     exe = resolve_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    prepare_fds(plan.preserve_fds)
+    prepare_fds(preserve_fds)
     return exe, env
 
 

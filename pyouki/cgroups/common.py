@@ -398,3 +398,24 @@ def field_int(res: dict, key: str, field: str, *, signed: bool = True) -> int | 
 def unsupported(field: str, why: str) -> ConfigError:
     """The error for a resource this host or driver cannot apply."""
     return ConfigError(field, why)
+
+
+def signal_all_frozen(manager, sig: int, can_freeze: bool) -> None:  # type: ignore[no-untyped-def]
+    """Signal every process of manager's cgroup, frozen meanwhile when it can be, so none forks
+    its way out between reading the list and the signal (runc does the same)."""
+    frozen = False
+    if can_freeze:
+        try:
+            manager.freeze()
+            frozen = True
+        except PyoukiError:
+            pass
+    try:
+        for pid in manager.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    finally:
+        if frozen:
+            manager.thaw()

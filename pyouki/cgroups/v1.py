@@ -139,22 +139,7 @@ class V1Manager:
 
     def kill_all(self, sig: int) -> None:
         """Signal all processes; freeze first so none can fork in between (runc does the same)."""
-        frozen = False
-        if "freezer" in self.paths and os.path.isdir(self.paths["freezer"]):
-            try:
-                self.freeze()
-                frozen = True
-            except PyoukiError:
-                pass
-        try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        finally:
-            if frozen:
-                self.thaw()
+        c.signal_all_frozen(self, sig, "freezer" in self.paths and os.path.isdir(self.paths["freezer"]))
 
     # freezer ------------------------------------------------------------------------------
 

@@ -123,22 +123,7 @@ class V2Manager:
                 return
             except ConfigError as e:
                 raise PyoukiError(f"failed to kill cgroup {self.path}: {str(e).split(': ')[-1]}") from None
-        frozen = False
-        if os.path.exists(os.path.join(self.path, "cgroup.freeze")):
-            try:
-                self.freeze()
-                frozen = True
-            except PyoukiError:
-                pass
-        try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        finally:
-            if frozen:
-                self.thaw()
+        c.signal_all_frozen(self, sig, os.path.exists(os.path.join(self.path, "cgroup.freeze")))
 
     # freezer ------------------------------------------------------------------------------
 

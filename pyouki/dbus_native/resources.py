@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from pyouki.cgroups.common import blkio_weight_to_io_weight
+from pyouki.cgroups.common import shares_to_weight as cpu_shares_to_weight
 from pyouki.dbus_native.properties import INFINITY, parse_cpu_list
+
+__all__ = ["blkio_weight_to_io_weight", "cpu_shares_to_weight"]  # the conversions are the cgroupfs driver's
 from pyouki.errors import ConfigError
 
 PREFIX = "linux.resources"
@@ -21,20 +25,6 @@ SUPPORTED = frozenset({
     "memory.limit", "memory.reservation", "memory.swap", "pids.limit", "cpu.shares", "cpu.quota",
     "cpu.period", "cpu.cpus", "cpu.mems", "blockIO.weight",
 })
-
-
-def cpu_shares_to_weight(shares: int) -> int:
-    """cgroup v1 ``cpu.shares`` [2..262144] to v2 ``cpu.weight`` [1..10000], runc's linear formula."""
-    if shares == 0:
-        return 0
-    return 1 + ((shares - 2) * 9999) // 262142
-
-
-def blkio_weight_to_io_weight(weight: int) -> int:
-    """cgroup v1 ``blkio.weight`` [10..1000] to v2 ``io.weight`` [1..10000], as runc's cgroupfs v2 driver."""
-    if weight == 0:
-        return 0
-    return 1 + (weight - 10) * 9999 // 990
 
 
 def cpu_quota_per_sec(quota: int, period: int) -> int:
