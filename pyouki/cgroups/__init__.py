@@ -20,6 +20,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~2 ms)
 if TYPE_CHECKING:
     from pyouki.cgroups.common import CgroupMount
     from pyouki.cgroups.manager import CgroupManager
+    from pyouki.cgroups.systemd import SystemdCgroup
+    from pyouki.cgroups.v2 import V2Manager
 
 
 def __getattr__(name: str) -> object:
@@ -81,8 +83,9 @@ def make_manager(
     """The manager for a new container, or None when it runs without cgroups (rootless, no delegation).
 
     cgroupfs: an absolute cgroupsPath is relative to each hierarchy's root, a relative one to the
-    caller's own cgroup; none means /pyouki/<id> (rootful) or, rootless with a delegated cgroup2
-    cgroup, a child <id> of the caller's own cgroup.
+    caller's own cgroup; none means /pyouki/<id> (rootful). Rootless on a unified host without
+    --systemd-cgroup, see _rootless_manager: a user scope when a user manager answers, else a
+    child of the caller's own cgroup when that is delegated, else no cgroup.
     """
     if systemd:
         from importlib import import_module
@@ -95,14 +98,18 @@ def make_manager(
 
     from pyouki.cgroups import common as c
 
-    if cgroups_path is not None and ":" in cgroups_path and not cgroups_path.startswith("/"):
-        # "slice:prefix:name" is the systemd form; cgroupfs would make a directory with colons in it.
-        raise PyoukiError(f"cgroupsPath {cgroups_path!r} is in systemd form; use --systemd-cgroup")
     mounts = c.read_mounts()
     mode = c.mode_from_mounts(mounts)
-    own = c.own_cgroups()
+    if rootless and mode == "unified":
+        return _rootless_manager(cgroups_path, container_id, mounts)
+    if _systemd_form(cgroups_path):
+        # "slice:prefix:name" is the systemd form; cgroupfs would make a directory with colons in it.
+        raise PyoukiError(f"cgroupsPath {cgroups_path!r} is in systemd form; use --systemd-cgroup")
     if rootless:
-        return _rootless_manager(cgroups_path, container_id, mode, mounts, own)
+        # v1 delegation is not safe and runc ignores cgroups for rootless on v1: so do we.
+        _debug(f"rootless on a {mode} cgroup host: running without cgroups")
+        return None
+    own = c.own_cgroups()
     path = cgroups_path or f"/pyouki/{container_id}"
     if mode == "unified":
         from pyouki.cgroups.v2 import V2Manager
@@ -113,24 +120,90 @@ def make_manager(
     return V1Manager.for_path(path, mounts, own)
 
 
-def _rootless_manager(
-    cgroups_path: str | None, container_id: str, mode: str, mounts: list[CgroupMount], own: dict[str, str]
-) -> CgroupManager | None:
-    from pyouki.cgroups import common as c
+def _systemd_form(cgroups_path: str | None) -> bool:
+    return bool(cgroups_path) and ":" in str(cgroups_path) and not str(cgroups_path).startswith("/")
 
-    if mode != "unified":
-        # v1 delegation is not safe and runc ignores cgroups for rootless on v1: so do we.
-        _debug(f"rootless on a {mode} cgroup host: running without cgroups")
+
+def _rootless_manager(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount]) -> CgroupManager | None:
+    """Rootless on a unified host without --systemd-cgroup: the first of these that works.
+
+    1. a transient user scope (Delegate=yes) from the user manager, when one answers; only for
+       the default or a systemd-form cgroupsPath, which is all the systemd driver understands;
+    2. a child of the caller's own cgroup when that is writable (delegated, e.g. a podman scope);
+    3. no cgroup, as runc does for rootless without delegation.
+    The manager returned never fails create: see _Lenient.
+    """
+    if not cgroups_path or _systemd_form(cgroups_path):
+        scope = _user_scope(cgroups_path, container_id)
+        if scope is not None:
+            return _Lenient(scope, f"systemd user scope {scope.unit}")
+        if cgroups_path:
+            raise PyoukiError(f"cgroupsPath {cgroups_path!r} is in systemd form, and no systemd user manager "
+                              f"answers; use --systemd-cgroup to see why")
+    own_child = _own_cgroup_child(cgroups_path, container_id, mounts)
+    if own_child is not None:
+        return _Lenient(own_child, f"cgroup {own_child.path}")
+    return None
+
+
+def _user_scope(cgroups_path: str | None, container_id: str) -> SystemdCgroup | None:
+    """The systemd driver on the user manager, or None (debug logged) when none answers quickly.
+
+    The sockets are stat()ed first: a login without a user manager costs no connect at all.
+    """
+    import stat
+
+    from pyouki.dbus_native.address import user_endpoints
+
+    def _present(path: str) -> bool:
+        try:
+            return stat.S_ISSOCK(os.stat(path).st_mode)
+        except OSError:
+            return False
+
+    endpoints = [e.address for e in user_endpoints() if e.abstract or _present(e.path)]
+    if not endpoints:
+        _debug("rootless: no systemd user manager socket (DBUS_SESSION_BUS_ADDRESS, $XDG_RUNTIME_DIR/bus, "
+               "$XDG_RUNTIME_DIR/systemd/private)")
         return None
+    from pyouki.cgroups import systemd as sd
+    from pyouki.dbus_native.systemd import SystemdManager
+
+    slice_, unit = sd.parse_cgroups_path(cgroups_path, container_id, True)
+    try:
+        # short: this is a guess that may fall back, not an explicit --systemd-cgroup
+        conn = SystemdManager.connect(user=True, timeout=min(sd.TIMEOUT, CONNECT_TIMEOUT))
+    except PyoukiError as e:
+        _debug(f"rootless: not using the systemd user manager: {e}")
+        return None
+    conn.timeout = sd.TIMEOUT  # calls after the connect get the driver's usual bound
+    _debug(f"rootless: using the systemd user manager at {conn.conn.endpoint.address}")
+    return sd.SystemdCgroup(unit, slice_, user=True, rootless=True, systemd=conn)
+
+
+# Seconds to reach the user manager before falling back; a live one answers in milliseconds.
+CONNECT_TIMEOUT = 2.0
+
+
+def _own_cgroup_child(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount]) -> V2Manager | None:
+    """A cgroup under the caller's own, when that is delegated to us; None (debug logged) otherwise.
+
+    The caller's own cgroup always holds the caller (and often its shell or an engine's
+    monitor), so the kernel's no-internal-process rule refuses to enable the domain
+    controllers (memory, io) in its cgroup.subtree_control (EBUSY); threaded ones (pids, cpu)
+    may still be enabled. runc would move on and fail at the first limit; crun ignores it.
+    We do not move the caller's processes into a sibling leaf to free the parent: they are not
+    ours (the user's shell, conmon), they may fork while we move them, and whoever delegated the
+    cgroup (podman, systemd) expects them where it put them. So the container gets a child
+    cgroup with the controllers the kernel lets us enable: it is still tracked, frozen, listed
+    and killed through it, and limits whose controller is missing are skipped with a warning.
+    """
+    from pyouki.cgroups import common as c
+    from pyouki.cgroups.v2 import V2Manager
+
     root = next((m for m in mounts if m.fstype == "cgroup2" and m.mountpoint == c.CGROUP_ROOT), None)
     if root is None:
         return None
-    own_dir = c.resolve_path(root.mountpoint, root.root, own.get("", "/"), "")
-    if not _writable(own_dir):
-        _debug(f"rootless and {own_dir} is not delegated to us: running without cgroups")
-        return None
-    from pyouki.cgroups.v2 import V2Manager
-
     if cgroups_path and cgroups_path.startswith("/"):
         target = c.resolve_path(root.mountpoint, root.root, "/", cgroups_path)
         anc = target
@@ -140,9 +213,99 @@ def _rootless_manager(
             _debug(f"rootless and {anc} is not writable: running without cgroups")
             return None
         return V2Manager(target, root.mountpoint)
+    own_dir = c.resolve_path(root.mountpoint, root.root, c.own_cgroups().get("", "/"), "")
+    if not _writable(own_dir):
+        _debug(f"rootless and {own_dir} is not delegated to us: running without cgroups")
+        return None
+    _debug(f"rootless: the container's cgroup is a child of our own delegated cgroup {own_dir}")
     return V2Manager(os.path.join(own_dir, c.clean_path(cgroups_path or container_id)), root.mountpoint)
 
 
 def _writable(d: str) -> bool:
     """A delegated cgroup: we may create children and move processes (cgroup.procs writable)."""
     return os.access(d, os.W_OK) and os.access(os.path.join(d, "cgroup.procs"), os.W_OK)
+
+
+class _Lenient:
+    """A rootless cgroup pyouki chose by itself: its failures never fail create.
+
+    runc ignores cgroup errors for rootless containers it was not asked to put in systemd;
+    so does pyouki on these automatic paths, with a line in the log: a cgroup that cannot be
+    made leaves the container without one, a limit that cannot be written is skipped. An
+    explicit --systemd-cgroup does not come through here and keeps its errors.
+    """
+
+    def __init__(self, inner: CgroupManager, what: str) -> None:
+        self.inner: CgroupManager | None = inner
+        self.what = what
+
+    def _get(self) -> CgroupManager:
+        if self.inner is None:
+            raise PyoukiError(f"the container has no cgroup ({self.what} could not be used)")
+        return self.inner
+
+    def apply(self, pid: int) -> None:
+        """Put pid in the cgroup; on failure, run without one."""
+        inner = self._get()
+        try:
+            inner.apply(pid)
+        except PyoukiError as e:
+            _warn(f"rootless: cannot use {self.what}, running without cgroups: {e}")
+            self.inner = None
+            try:
+                inner.remove()
+            except PyoukiError as e2:
+                _debug(f"rootless: removing {self.what}: {e2}")
+
+    def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
+        """Each resource on its own, so one missing controller costs only its own limits."""
+        if self.inner is None:
+            if any(resources.values()):
+                _warn(f"rootless without cgroups: {field} not applied")
+            return
+        for key, value in resources.items():
+            if value is None or value == {} or value == []:
+                continue
+            try:
+                self.inner.set_resources({key: value}, field)
+            except PyoukiError as e:
+                _warn(f"rootless: {field}.{key} not applied in {self.what}: {e}")
+
+    def freeze(self) -> None:
+        """Freeze the cgroup."""
+        self._get().freeze()
+
+    def thaw(self) -> None:
+        """Thaw the cgroup."""
+        self._get().thaw()
+
+    def state(self) -> str:
+        """ "frozen" or "thawed"."""
+        return self._get().state()
+
+    def pids(self) -> list[int]:
+        """Pids in the cgroup (none without one)."""
+        return self.inner.pids() if self.inner is not None else []
+
+    def stats(self) -> dict:
+        """Stats from the cgroup."""
+        return self._get().stats()
+
+    def kill_all(self, sig: int) -> None:
+        """Signal everything in the cgroup."""
+        self._get().kill_all(sig)
+
+    def remove(self) -> None:
+        """Remove the cgroup, if one was made."""
+        if self.inner is not None:
+            self.inner.remove()
+
+    def to_state(self) -> dict:
+        """The real driver's state; empty (no cgroup, for manager_from_state) when it was dropped."""
+        return self.inner.to_state() if self.inner is not None else {}
+
+
+def _warn(msg: str) -> None:
+    from pyouki import log
+
+    log.warning(msg)

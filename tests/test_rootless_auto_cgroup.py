@@ -1,0 +1,151 @@
+"""Rootless containers on a cgroup v2 host without --systemd-cgroup (issue 4, point 4).
+
+- nspawn tier (tests/systemd/check_auto_cgroup.py, as a user logged in through PAM): with the
+  user manager reachable the container lands in a transient ``Delegate=yes`` scope under
+  user@UID.service with its limits as unit properties, and delete removes it; with the user bus
+  unreachable (absent or dead) it still runs, without a cgroup; inside a delegated scope
+  (``systemd-run --user --scope -p Delegate=yes``) its cgroup is a child of the scope's;
+- host (cgroup v1 hybrid): rootless still runs without cgroups, limits or not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import Bundle, Runner, read_json_log
+from test_systemd_driver import REPO, TEST_UID, _ensure_tools, nspawn
+
+from pyouki.cgroups import detect_mode
+
+MiB = 1024 * 1024
+USER_SERVICE = f"/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service"
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Any]:
+    """One booted container for the module, with the host's static busybox at /opt/busybox."""
+    _ensure_tools()
+    with nspawn.booted(REPO, binds=[("/bin/busybox", "/opt/busybox")]) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def facts(machine: Any) -> dict[str, Any]:
+    """What check_auto_cgroup.py observed per mode, as the logged-in user, each run once."""
+    env = {"PYTHONPATH": "/src", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = {}
+    for mode in ("auto", "no-bus", "dead-bus", "delegated"):
+        res = machine.run(["python3", "tests/systemd/check_auto_cgroup.py", mode], user=True, env=env,
+                          timeout=180).check()
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _ran_and_was_removed(f: dict[str, Any]) -> None:
+    assert f["uid"] == TEST_UID
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["start_rc"] == 0
+    assert f["status"] == "running"
+    assert f["delete"] == {"rc": 0, "stderr": ""}
+    assert f["state_left"] == []
+    assert f["cgroup_left"] is False
+
+
+def test_user_manager_gives_a_delegated_scope(facts: dict[str, Any]) -> None:
+    f = facts["auto"]
+    _ran_and_was_removed(f)
+    unit = f"pyouki-{f['id']}.scope"
+    assert f["record"]["driver"] == "systemd"
+    assert f["record"]["unit"] == unit
+    assert f["record"]["user"] is True
+    created = f["created"]
+    assert created["exists"] is True
+    assert created["ActiveState"] == "active"
+    assert created["Delegate"] is True
+    assert created["ControlGroup"] == f"{USER_SERVICE}/user.slice/{unit}"
+    assert created["MemoryMax"] == 64 * MiB
+    assert created["TasksMax"] == 42
+    assert created["procs"] == [f["pid"]]
+    assert created["cgroup_owner"] == TEST_UID
+    assert f["proc_cgroup"] == created["ControlGroup"]
+    assert f["paused"] == "paused" and f["pause_rc"] == 0 and f["resume_rc"] == 0
+    assert f["deleted"] == {"exists": False}
+    assert any(m.startswith("rootless: using the systemd user manager at unix:path=") for m in f["log"])
+
+
+@pytest.mark.parametrize("mode", ["no-bus", "dead-bus"])
+def test_without_a_user_manager_runs_without_cgroups(facts: dict[str, Any], mode: str) -> None:
+    f = facts[mode]
+    _ran_and_was_removed(f)
+    assert f["record"] is None
+    assert f["proc_cgroup"] == f["caller_cgroup"]  # left where its caller is: no cgroup of its own
+    assert any(m.endswith("is not delegated to us: running without cgroups") for m in f["log"])
+
+
+def test_no_bus_socket_costs_no_connect(facts: dict[str, Any]) -> None:
+    assert any(m.startswith("rootless: no systemd user manager socket") for m in facts["no-bus"]["log"])
+
+
+def test_dead_bus_is_tried_then_left(facts: dict[str, Any]) -> None:
+    msgs = [m for m in facts["dead-bus"]["log"] if m.startswith("rootless: not using the systemd user manager: ")]
+    assert len(msgs) == 1
+    assert "connection refused" in msgs[0]
+
+
+def test_delegated_own_cgroup_gets_a_child(facts: dict[str, Any]) -> None:
+    f = facts["delegated"]
+    _ran_and_was_removed(f)
+    own = f["caller_cgroup"]
+    assert own.startswith(f"{USER_SERVICE}/app.slice/run-") and own.endswith(".scope")
+    assert f["own_owner"] == TEST_UID
+    assert f["record"] == {"driver": "cgroupfs-v2", "path": f"/sys/fs/cgroup{own}/{f['id']}",
+                           "mountpoint": "/sys/fs/cgroup"}
+    assert f["proc_cgroup"] == f"{own}/{f['id']}"
+    # the cgroup is real: pause freezes through it
+    assert f["paused"] == "paused" and f["pause_rc"] == 0 and f["resume_rc"] == 0
+    # only the caller is left in the scope: pyouki moved nobody else
+    assert len(f["own_procs_after"]) == 1
+
+
+def test_delegated_limits_without_controllers_are_skipped_with_a_warning(facts: dict[str, Any]) -> None:
+    """nspawn's cgroup tree has no controllers: the limits cannot be written, create still works."""
+    log = facts["delegated"]["log"]
+    for key in ("memory", "pids"):
+        assert any(m.startswith(f"rootless: linux.resources.{key} not applied in cgroup ") for m in log), log
+
+
+# -- host: cgroup v1 hybrid -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["rootless"])
+def test_rootless_on_hybrid_host_runs_without_cgroups(runner: Runner, bundle: Bundle) -> None:
+    if detect_mode() == "unified":
+        pytest.skip("this host is unified: the hybrid rule does not apply")
+    if not runner.runtime.is_pyouki:
+        pytest.skip("checks pyouki's state record and log")
+    bundle.set_args("sleep", "600")
+    bundle.linux["resources"] = {"memory": {"limit": 64 * MiB}, "pids": {"limit": 42}}
+    bundle.write()
+    logf = runner.rundir / "log.json"  # the user must be able to write it
+    cid = runner.new_id("hybrid")
+    runner.cmd("--log", str(logf), "--log-format", "json", "--debug",
+               "create", "--bundle", str(bundle.path), cid).ok()
+    from pyouki.state import Container
+
+    container = Container(str(runner.state_root), cid)
+    container.load()
+    assert container.record["cgroup"] is None
+    msgs = [e["msg"] for e in read_json_log(logf)]
+    assert any(m.startswith("rootless on a hybrid cgroup host: running without cgroups")
+               or m.startswith("rootless on a v1 cgroup host: running without cgroups") for m in msgs), msgs
+    runner.start(cid).ok()
+    assert runner.status(cid) == "running"
+    pid = int(runner.state(cid)["pid"])
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert "/pyouki/" not in f.read()
+    runner.kill(cid, "KILL").ok()
+    assert runner.wait_status(cid, "stopped") == "stopped"
+    runner.delete(cid).ok()
+    assert not (runner.state_root / cid).exists()
