@@ -59,8 +59,10 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # x86_64 and aarch64 syscall numbers for what libc may not export
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "keyctl": 250, "close_range": 436, "openat2": 437, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "keyctl": 219, "close_range": 436, "openat2": 437, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "keyctl": 250, "bpf": 321, "close_range": 436, "openat2": 437,
+               "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "keyctl": 219, "bpf": 280, "close_range": 436, "openat2": 437,
+                "mount_setattr": 442},
 }
 CLOSE_RANGE_CLOEXEC = 4
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -84,7 +86,10 @@ def _check(result: int) -> int:
 
 
 def _nr(name: str) -> int:
-    return _SYSCALLS[os.uname().machine][name]
+    try:
+        return _SYSCALLS[os.uname().machine][name]
+    except KeyError:
+        raise OSError(38, f"{name}(2) number unknown for {os.uname().machine}") from None  # ENOSYS
 
 
 def _b(value: str | None) -> bytes | None:
@@ -116,6 +121,11 @@ def umount2(target: str, flags: int = 0) -> None:
 def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2), by number: glibc has no wrapper."""
     _check(_libc.syscall(ctypes.c_long(_nr("pivot_root")), _b(new_root), _b(put_old)))
+
+
+def bpf(cmd: int, attr: ctypes.Array, size: int) -> int:
+    """bpf(2) with a prepared union bpf_attr buffer (see pyouki.cgroups._bpf for the commands)."""
+    return _check(_libc.syscall(ctypes.c_long(_nr("bpf")), ctypes.c_int(cmd), attr, ctypes.c_uint(size)))
 
 
 def join_session_keyring(name: str) -> None:

@@ -1,4 +1,4 @@
-"""The few bpf(2) calls the v2 device filter needs, through ctypes (tiny and local on purpose).
+"""The bpf(2) commands the v2 device filter needs: attribute layouts here, the syscall in pyouki.syscalls.
 
 BPF_PROG_LOAD a BPF_PROG_TYPE_CGROUP_DEVICE program, BPF_PROG_QUERY what is attached already,
 BPF_PROG_ATTACH the new one and BPF_PROG_DETACH the old ones: the runc sequence, so an update
@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import struct
-
-# __NR_bpf differs per architecture.
-_NR_BPF = {"x86_64": 321, "aarch64": 280, "arm64": 280, "ppc64le": 361, "s390x": 351, "riscv64": 280}
 
 BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH = 5, 8, 9
 BPF_PROG_GET_FD_BY_ID, BPF_PROG_QUERY = 13, 16
@@ -22,21 +18,10 @@ BPF_CGROUP_DEVICE = 6
 BPF_F_ALLOW_MULTI = 2
 _ATTR_SIZE = 128  # larger than the members we use; the kernel accepts a zero tail
 
-_libc: ctypes.CDLL | None = None
-
-
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(38, f"bpf(2) number unknown for {platform.machine()}")  # ENOSYS
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(_ATTR_SIZE))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(ret)
+    from pyouki import syscalls  # the one kernel boundary
+
+    return syscalls.bpf(cmd, attr, _ATTR_SIZE)
 
 
 def _attr(fmt: str, *values: object) -> ctypes.Array:
