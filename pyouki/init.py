@@ -6,9 +6,11 @@ so every module used here is imported at the top of this file, in the parent, be
 
 from __future__ import annotations
 
+import fcntl  # noqa: F401  (used by pyouki.syscalls.set_link_up in the forked child)
 import os
 import resource  # noqa: F401  (used after pivot_root by pyouki.process.set_rlimits)
 import select
+import struct  # noqa: F401
 
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
@@ -135,6 +137,11 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         except OSError as e:
             names = ", ".join(k for k, p in plan.namespaces.items() if p is None and k != "user")
             raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {_reason(e)}") from None
+        if "network" in plan.namespaces and plan.namespaces["network"] is None:
+            try:
+                sc.set_link_up("lo")  # a new network namespace starts with lo down; runc brings it up
+            except OSError as e:
+                raise PyoukiError(f"failed to bring up lo in the new network namespace: {_reason(e)}") from None
         if "time" in plan.namespaces and plan.namespaces["time"] is None:
             _write_time_offsets(plan.linux.get("timeOffsets") or {})
         pid = os.fork()
