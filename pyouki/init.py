@@ -21,7 +21,7 @@ from pyouki.caps import CapabilitySets
 from pyouki.channel import Channel
 from pyouki.config import namespaces
 from pyouki.errors import PyoukiError
-from pyouki.process import environment, resolve_executable, set_rlimits, set_user
+from pyouki.process import environment, home_of, resolve_executable, set_rlimits, set_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -258,6 +258,11 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
 
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
     fs.pivot(plan.rootfs, plan.no_pivot)
+    try:
+        # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
+        os.makedirs(process.get("cwd") or "/", 0o755, exist_ok=True)
+    except OSError:
+        pass  # reported by the chdir below, with the field's name
     fs.set_root_propagation(linux.get("rootfsPropagation"))
     if config.get("hostname"):
         _set_name(sc.sethostname, config["hostname"], "hostname")
@@ -287,6 +292,8 @@ def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter |
     set_rlimits(process.get("rlimits") or [])
     drop_privileges(caps, process.get("user") or {}, setgroups_allowed)
     env = environment(process.get("env") or [])
+    if "HOME" not in env:
+        env["HOME"] = home_of(os.getuid())  # runc fills it from the container's /etc/passwd
     cwd = process.get("cwd") or "/"
     try:
         os.chdir(cwd)

@@ -67,6 +67,19 @@ def environment(env: list[str]) -> dict[str, str]:
     return result
 
 
+def home_of(uid: int, passwd: str = "/etc/passwd") -> str:
+    """The home directory of uid in the container's passwd file ("/" when it has none)."""
+    try:
+        with open(passwd) as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
 def resolve_executable(arg0: str, env: dict[str, str]) -> str:
     """Find args[0] as the container sees it (call after pivot_root), like execvp would."""
     if "/" in arg0:
