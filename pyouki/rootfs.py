@@ -188,7 +188,7 @@ def readonly_paths(paths: list[str]) -> None:
     for i, path in enumerate(paths):
         try:
             sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            remount_bind(path, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            remount_bind(path, sc.MS_RDONLY)  # only ro, like runc (locked flags are kept anyway)
         except FileNotFoundError:
             continue
         except OSError as e:
