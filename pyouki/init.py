@@ -140,8 +140,12 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         if "network" in plan.namespaces and plan.namespaces["network"] is None:
             try:
                 sc.set_link_up("lo")  # a new network namespace starts with lo down; runc brings it up
-            except OSError as e:
-                raise PyoukiError(f"failed to bring up lo in the new network namespace: {_reason(e)}") from None
+            except PermissionError:
+                # no CAP_NET_ADMIN here (e.g. under systemd-nspawn): the container still runs, with
+                # lo down, rather than not at all
+                from pyouki import log
+
+                log.warning("could not bring up lo in the new network namespace: operation not permitted")
         if "time" in plan.namespaces and plan.namespaces["time"] is None:
             _write_time_offsets(plan.linux.get("timeOffsets") or {})
         pid = os.fork()
