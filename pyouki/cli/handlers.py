@@ -90,9 +90,10 @@ def cmd_list(globals_: dict, options: dict, args: dict) -> int:
     else:
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
         rows += [(c["id"], str(c["pid"]), c["status"], c["bundle"], c["created"], c["owner"]) for c in containers]
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        # runc's tabwriter layout: each column at least 12 wide, 3 spaces of padding
+        widths = [max(12, max(len(r[i]) for r in rows) + 3) for i in range(6)]
         for r in rows:
-            sys.stdout.write("   ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() + "\n")
+            sys.stdout.write("".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() + "\n")
     return 0
 
 
