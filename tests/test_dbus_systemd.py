@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -126,17 +125,9 @@ def test_no_user_bus_address_at_all() -> None:
 
 def _ensure_tools() -> None:
     """Install the tier's host packages if missing; skip only if that is impossible."""
-    if os.geteuid() != 0:
-        pytest.skip("the nspawn tier needs root (systemd-nspawn, debootstrap)")
-    if not nspawn.missing_tools():
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"cannot install {', '.join(nspawn.missing_tools())}: no apt-get")
-    lines = (REPO / "tests/systemd/APT_PACKAGES").read_text().splitlines()
-    packages = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
-    res = subprocess.run(["apt-get", "install", "-y", *packages], capture_output=True, text=True, timeout=600)
-    if res.returncode != 0 or nspawn.missing_tools():
-        pytest.skip(f"systemd-nspawn cannot be installed: {res.stderr.strip()[-300:]}")
+    reason = nspawn.install_missing_tools()
+    if reason:
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

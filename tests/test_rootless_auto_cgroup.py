@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from harness import Bundle, Runner, read_json_log
-from test_systemd_driver import REPO, TEST_UID, _ensure_tools, nspawn
+from test_systemd_driver import TEST_UID, boot_with_busybox
 
 from pyouki.cgroups import detect_mode
 
@@ -26,10 +26,8 @@ USER_SERVICE = f"/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service"
 
 @pytest.fixture(scope="module")
 def machine() -> Iterator[Any]:
-    """One booted container for the module, with the host's static busybox at /opt/busybox."""
-    _ensure_tools()
-    with nspawn.booted(REPO, binds=[("/bin/busybox", "/opt/busybox")]) as m:
-        yield m
+    """One booted container for the module."""
+    yield from boot_with_busybox()
 
 
 @pytest.fixture(scope="module")

@@ -199,25 +199,24 @@ def test_dead_system_bus_fails_cleanly(runner: Runner, bundle: Bundle) -> None:
 
 def _ensure_tools() -> None:
     """Install the tier's host packages if missing; skip only if that is impossible."""
-    if os.geteuid() != 0:
-        pytest.skip("the nspawn tier needs root (systemd-nspawn, debootstrap)")
     if not os.path.exists("/bin/busybox"):
         pytest.skip("busybox-static is not installed")
-    if not nspawn.missing_tools():
-        return
-    lines = (REPO / "tests/systemd/APT_PACKAGES").read_text().splitlines()
-    packages = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
-    res = subprocess.run(["apt-get", "install", "-y", *packages], capture_output=True, text=True, timeout=600)
-    if res.returncode != 0 or nspawn.missing_tools():
-        pytest.skip(f"systemd-nspawn cannot be installed: {res.stderr.strip()[-300:]}")
+    reason = nspawn.install_missing_tools()
+    if reason:
+        pytest.skip(reason)
+
+
+def boot_with_busybox() -> Iterator[Any]:
+    """A booted container with the host's static busybox at /opt/busybox (for module fixtures)."""
+    _ensure_tools()
+    with nspawn.booted(REPO, binds=[("/bin/busybox", "/opt/busybox")]) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")
 def machine() -> Iterator[Any]:
-    """One booted container for the module, with the host's static busybox at /opt/busybox."""
-    _ensure_tools()
-    with nspawn.booted(REPO, binds=[("/bin/busybox", "/opt/busybox")]) as m:
-        yield m
+    """One booted container for the module."""
+    yield from boot_with_busybox()
 
 
 @pytest.fixture(scope="module")

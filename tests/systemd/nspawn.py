@@ -74,6 +74,23 @@ def missing_tools() -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
+def install_missing_tools() -> str | None:
+    """Install this tier's host packages (APT_PACKAGES) if any tool is missing; return why the tier
+    cannot run here (for pytest.skip), or None when it can."""
+    if os.geteuid() != 0:
+        return "the nspawn tier needs root (systemd-nspawn, debootstrap)"
+    if not missing_tools():
+        return None
+    if shutil.which("apt-get") is None:
+        return f"cannot install {', '.join(missing_tools())}: no apt-get"
+    lines = (Path(__file__).parent / "APT_PACKAGES").read_text().splitlines()
+    packages = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    res = subprocess.run(["apt-get", "install", "-y", *packages], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 or missing_tools():
+        return f"systemd-nspawn cannot be installed: {res.stderr.strip()[-300:]}"
+    return None
+
+
 def _run(argv: Sequence[str], timeout: float, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run a host command; a failure raises NspawnError with its stderr tail."""
     try:
