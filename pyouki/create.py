@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki import log, notify
+from pyouki import hooks, log, notify
 from pyouki.channel import Channel, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
 from pyouki.errors import ContainerError, PyoukiError
@@ -89,6 +89,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
         finally:
             os.close(fifo_fd)
+        nss = namespaces(config)
         container.record = {
             "id": opts.id,
             "pid": init_pid,
@@ -101,9 +102,9 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             "rootless": opts.rootless,
             "notify": bool(notify.requested()),
             "cgroup": cgroup.to_state() if cgroup is not None else None,
-            "hooks": bool((config.get("hooks") or {}).get("poststart") or (config.get("hooks") or {}).get("poststop")),
+            "hooks": hooks.has(config, "poststart", "poststop"),  # start and delete run them
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
-            "pid_ns": "pid" in namespaces(config) and namespaces(config)["pid"] is None,
+            "pid_ns": "pid" in nss and nss["pid"] is None,
         }
         container.save_config(config)
         container.save()
@@ -120,7 +121,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         container.console_master = master
     except BaseException:
         if init_pid:
-            _kill_and_reap(init_pid)
+            kill_and_reap(init_pid)
         if cgroup is not None:
             cgroup.remove()
         container.remove_dir()
@@ -159,7 +160,8 @@ def _owner_name() -> str:
     return str(uid)
 
 
-def _kill_and_reap(pid: int) -> None:
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping)."""
     try:
         os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
     except ProcessLookupError:
@@ -241,11 +243,11 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         return init_pid, -1
     except BaseException:
         if init_pid:
-            _kill_and_reap(init_pid)
+            kill_and_reap(init_pid)
         raise
     finally:
         if pid:
-            _kill_and_reap(pid)
+            kill_and_reap(pid)
         up.close()
         down_w.close()
         if console_parent is not None:

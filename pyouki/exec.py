@@ -143,6 +143,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     from pyouki.caps import CapabilitySets
     from pyouki.channel import pipe_pair
     from pyouki.config import namespaces
+    from pyouki.create import kill_and_reap, write_pid_file
 
     init_pid = container.pid
     kinds = namespaces(config)
@@ -224,14 +225,12 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
                     os.close(master)
                 master = -1
         if opts.pid_file:
-            from pyouki.create import write_pid_file
-
             write_pid_file(opts.pid_file, child)
     except BaseException:
         if pid:
-            _kill(pid)
+            kill_and_reap(pid)
         if child:
-            _kill(child)
+            kill_and_reap(child)
         raise
     finally:
         up.close()
@@ -241,14 +240,6 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     if opts.detach:
         return 0
     return _wait(child, master)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 def _wait(child: int, master: int) -> int:
