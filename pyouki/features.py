@@ -19,13 +19,23 @@ def _systemd_driver() -> bool:
 
 def features() -> dict:
     """The Features structure as a dict, ready for JSON."""
-    from pyouki import seccomp
+    from pyouki import seccomp, wasm
     from pyouki.caps import CAPABILITIES
     from pyouki.config import NAMESPACE_TYPES
     from pyouki.hooks import PHASES
     from pyouki.mounts import FLAGS, PROPAGATION, RECURSIVE
 
     systemd = _systemd_driver()
+    annotations = {
+        "io.github.pyouki.version": __version__,
+        "io.github.pyouki.checkpoint.enabled": "false",
+    }
+    if wasm.available():
+        from importlib.metadata import version
+
+        # the wasm handler, under the annotations that ask for it with the values pyouki accepts
+        annotations.update({wasm.HANDLER: "wasm", wasm.VARIANT: ",".join(wasm.VARIANTS),
+                            "io.github.pyouki.wasm.wasmtime.version": version("wasmtime")})
     return {
         "ociVersionMin": OCI_VERSION_MIN,
         "ociVersionMax": OCI_VERSION,
@@ -51,10 +61,7 @@ def features() -> dict:
             "mountExtensions": {"idmap": {"enabled": False}},
             "netDevices": {"enabled": False},
         },
-        "annotations": {
-            "io.github.pyouki.version": __version__,
-            "io.github.pyouki.checkpoint.enabled": "false",
-        },
-        # pyouki gives no meaning to any config.json annotation
-        "potentiallyUnsafeConfigAnnotations": [],
+        "annotations": annotations,
+        # the annotations that choose the wasm handler (refused when pyouki cannot honour them)
+        "potentiallyUnsafeConfigAnnotations": [wasm.HANDLER, wasm.VARIANT],
     }

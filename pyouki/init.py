@@ -68,6 +68,10 @@ class Plan:
         self.start_hooks = hooks.has(config, "startContainer")
         # the child's end of the terminal socketpair, when process.terminal
         self.console_sock: socket.socket | None = None
+        from pyouki import wasm
+
+        # run.oci.handler=wasm: wasmtime is imported now, before the fork (None without the annotation)
+        self.wasm = wasm.handler(config)
 
     def _open_namespace_paths(self) -> dict[str, int]:
         fds = {}
@@ -202,6 +206,8 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         if plan.new_keyring:
             _new_session_keyring(plan.container_id)
         exe, env = _setup(plan, up, down)
+        if plan.wasm is not None:  # compiled before ready: a bad module fails create
+            plan.wasm = plan.wasm.load(exe)
         down.close()
         up.send("ready")
         up.close()
@@ -212,6 +218,8 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
             hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()
+        if plan.wasm is not None:
+            plan.wasm.run(plan.process["args"], env)  # never returns
         os.execve(exe, plan.process["args"], env)
     except PyoukiError as e:
         _report(up, str(e))
