@@ -117,9 +117,12 @@ def runtime_spec(spec_argv: list[str], workdir: str, rootless: bool) -> dict:
         return dict(json.load(f))
 
 
-def write_bundle(config: dict, rootfs: str, args: list[str], dest: str, drop_userns: bool = False) -> str:
-    """Write dest/config.json from config with the given args, no terminal, root=rootfs."""
+def write_bundle(config: dict, rootfs: str, args: list[str], dest: str, drop_userns: bool = False,
+                 annotations: dict[str, str] | None = None) -> str:
+    """Write dest/config.json from config with the given args (and annotations), no terminal, root=rootfs."""
     cfg = json.loads(json.dumps(config))
+    if annotations:
+        cfg["annotations"] = annotations
     cfg["process"]["terminal"] = False
     cfg["process"]["args"] = args
     cfg["root"]["path"] = os.path.abspath(rootfs)

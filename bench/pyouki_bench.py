@@ -43,8 +43,15 @@ CASES = {
     "run": "run",
     "single": "single commands",
     "podman": "podman run --rm",
+    "wasm": "wasm",
 }
 SINGLE_STEPS = ("create", "start", "state", "exec", "kill", "delete")
+# the wasm case: pyouki running a WASI module that does nothing (the wasm `true`) beside every
+# runtime's Linux `true`; its rows are the steps of create+start+delete
+WASM_ACTOR = "pyouki wasm"
+WASM_TRUE = '(module (memory (export "memory") 1) (func (export "_start")))\n'
+WASM_GROUPS = (("wasm: create", "create"), ("wasm: start until exit", "start+exit"),
+               ("wasm: create+start+delete", None))
 EXIT_TIMEOUT = 10.0
 
 
@@ -67,6 +74,7 @@ class Runtime:
     spawner: Spawner
     bundle_true: str = ""
     bundle_sleep: str = ""
+    bundle_wasm: str = ""
     version: str = ""
     spec_from: str = ""
 
@@ -179,21 +187,23 @@ class Bench:
 
     # ---- cases ----------------------------------------------------------------------------
 
-    def lifecycle(self, rt: Runtime, cid: str, force: bool) -> Sample:
-        """create+start+delete of `true`; wait for the exit first, or delete --force at once."""
+    def lifecycle(self, rt: Runtime, cid: str, force: bool, bundle: str = "") -> Sample:
+        """create+start+delete of `true` (or of bundle); wait for the exit first, or delete --force at once."""
         s = Sample()
         cpu0 = children_cpu_ns()
         pidfile = self.pidfile(rt, cid)
         self.live[(rt.name, cid)] = rt
-        self.cmd(rt, s, "create", "create", "--bundle", rt.bundle_true, "--pid-file", pidfile, cid)
+        self.cmd(rt, s, "create", "create", "--bundle", bundle or rt.bundle_true, "--pid-file", pidfile, cid)
         reaper = self.created(rt, cid, pidfile, s)
-        self.cmd(rt, s, "start", "start", cid)
+        start = self.cmd(rt, s, "start", "start", cid)
         if force:
             self.cmd(rt, s, "delete", "delete", "--force", cid)
         else:
             t0 = time.perf_counter_ns()
             exited = reaper.wait(EXIT_TIMEOUT) if reaper else True
-            s.wall_ns += time.perf_counter_ns() - t0
+            waited = time.perf_counter_ns() - t0
+            s.wall_ns += waited
+            s.steps["start+exit"] = {"wall_ns": start.wall_ns + waited, "cpu_ns": start.cpu_ns, "rss_kb": start.maxrss_kb}
             if not exited:
                 raise CaseFailed("wait", f"container did not exit within {EXIT_TIMEOUT:.0f}s")
             self.cmd(rt, s, "delete", "delete", cid)
@@ -290,6 +300,8 @@ class Bench:
         """The (name, sample function) pairs that take part in a case."""
         out: list[tuple[str, Callable[[int], Sample]]] = []
         for rt in self.runtimes:
+            if case == "wasm" and rt.bundle_wasm:
+                out.append((WASM_ACTOR, lambda i, rt=rt: self.lifecycle(rt, f"wasm{i}", False, rt.bundle_wasm)))
             fn = self.sampler(case, rt)
             if fn is not None:
                 out.append((rt.name, fn))
@@ -311,6 +323,8 @@ class Bench:
             return lambda i: self.single(rt, f"one{i}")
         if case == "podman":
             return lambda i: self.podman_run(rt)
+        if case == "wasm":
+            return lambda i: self.lifecycle(rt, f"wtrue{i}", force=False)
         return None
 
     def new_spawner(self, name: str) -> Spawner:
@@ -446,6 +460,14 @@ def setup(b: Bench, user: bench_setup.User | None) -> None:
         rt.bundle_sleep = bench_setup.write_bundle(
             specs[rt.spec_from], rootfs, ["sleep", "1000"], os.path.join(base, "sleep"), drop_userns
         )
+        if name == "pyouki" and "wasm" in opts.cases:
+            with open(os.path.join(rootfs, "true.wat"), "w") as f:
+                f.write(WASM_TRUE)
+            os.chmod(os.path.join(rootfs, "true.wat"), 0o755)
+            rt.bundle_wasm = bench_setup.write_bundle(
+                specs[rt.spec_from], rootfs, ["/true.wat"], os.path.join(base, "wasm"), drop_userns,
+                annotations={"run.oci.handler": "wasm"},
+            )
         b.runtimes.append(rt)
         if direct != exe:
             cost = wrapper_cost(rt.spawner, direct, exe)
@@ -511,6 +533,17 @@ def run_all(b: Bench) -> dict[str, Any]:
                     groups[step]["ratios"]["pyouki/" + bench_report.BASELINE] = {
                         "wall_ms": r, "cpu_ms": None, "cli_rss_mb": None,
                     }  # fmt: skip
+        elif case == "wasm":
+            for label, step in WASM_GROUPS:
+                rows = {}
+                for name, res in got.items():
+                    flat = res["samples"]
+                    if step is not None:  # one step; the waiting container is measured after create
+                        flat = [{**smp["steps"][step], "ctr_rss_kb": smp["ctr_rss_kb"] if step == "create" else -1,
+                                 "ctr_pss_kb": smp["ctr_pss_kb"] if step == "create" else -1}
+                                for smp in flat if step in smp["steps"]]
+                    rows[name] = {**bench_report.summarize(flat), "error": res["error"]}
+                groups[label] = {"runtimes": rows, "ratios": bench_report.group_ratios(rows, WASM_ACTOR)}
         else:
             rows = {name: {**bench_report.summarize(res["samples"]), "error": res["error"]}
                     for name, res in got.items()}  # fmt: skip
