@@ -203,7 +203,8 @@ class Bench:
             exited = reaper.wait(EXIT_TIMEOUT) if reaper else True
             waited = time.perf_counter_ns() - t0
             s.wall_ns += waited
-            s.steps["start+exit"] = {"wall_ns": start.wall_ns + waited, "cpu_ns": start.cpu_ns, "rss_kb": start.maxrss_kb}
+            s.steps["start+exit"] = {"wall_ns": start.wall_ns + waited, "cpu_ns": start.cpu_ns,
+                                     "rss_kb": start.maxrss_kb}
             if not exited:
                 raise CaseFailed("wait", f"container did not exit within {EXIT_TIMEOUT:.0f}s")
             self.cmd(rt, s, "delete", "delete", cid)
