@@ -35,6 +35,8 @@ WASM_MAGIC = b"\0asm"
 TRAP_STATUS = 134
 # an error that is neither an exit nor a trap (e.g. proc_exit with a status of 126 or more)
 ERROR_STATUS = 1
+# above any fd number (close_range's upper bound is inclusive and unsigned)
+MAX_FD = 2**31 - 1
 
 
 def requested(config: dict) -> tuple[str, str] | None:
@@ -135,7 +137,10 @@ class Handler:
         import _signal
 
         wt = self.wasmtime
-        # what execve would do: Python's own SIGINT handler would only run once the module is done
+        # what execve would do: close the fds marked close-on-exec (WASI cannot use the preserved
+        # ones either; load opened none), and drop Python's SIGINT handler, which would only run
+        # once the module is done
+        os.closerange(3, MAX_FD)
         _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
         wasi = wt.WasiConfig()
         wasi.argv = args

@@ -134,11 +134,15 @@ def test_compat_smart_runs_modules_and_executables(runner: Runner, make_bundle: 
 
 
 def test_lifecycle_create_waits_start_runs(runner: Runner, make_bundle: Callable[..., Bundle]) -> None:
-    """create compiles and waits (one thread), start runs the module, kill/delete work as usual."""
+    """create compiles and waits (one thread), start runs the module; ps, pause, kill, delete work as usual."""
     b = wasm_bundle(make_bundle, wm.sleep_then_print(600))
     cid = runner.new_id()
     out = runner.workdir / "out"
-    runner.create(cid, b, stdout=out).ok()
+    stray = os.open(runner.workdir / "stray-fd", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:  # an fd the runtime gets without --preserve-fds: exec would close it, so must the handler
+        runner.create(cid, b, stdout=out, fds={7: stray}).ok()
+    finally:
+        os.close(stray)
     state = runner.state(cid)
     assert state["status"] == "created"
     assert state["annotations"] == HANDLER
@@ -152,6 +156,19 @@ def test_lifecycle_create_waits_start_runs(runner: Runner, make_bundle: Callable
         deadline -= 1
         subprocess.run(["sleep", "0.05"])
     assert out.read_text() == "sleeping\n"
+    # the module's process holds stdio and wasmtime's own fds only: the runtime's are closed
+    targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd") if int(fd) > 2}
+    assert all(t == "/" or t.startswith(("anon_inode:", "/memfd:")) for t in targets), targets
+    if not runner.rootless:
+        # rootless without a cgroup, ps looks for the pid namespace in /proc/PID/ns, which the owner
+        # cannot read: the module's process never execs, so it stays non-dumpable (its memory holds
+        # the runtime's data)
+        assert pid in json.loads(runner.cmd("ps", "--format", "json", cid).ok().stdout)
+    if not runner.rootless:  # a rootless container on this cgroup v1 host has no freezer
+        runner.cmd("pause", cid).ok()
+        assert runner.state(cid)["status"] == "paused"
+        runner.cmd("resume", cid).ok()
+        assert runner.state(cid)["status"] == "running"
     runner.kill(cid, "KILL").ok()
     assert wait_pid_gone(pid)
     assert runner.wait_status(cid, "stopped") == "stopped"
