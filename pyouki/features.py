@@ -31,11 +31,14 @@ def features() -> dict:
         "io.github.pyouki.checkpoint.enabled": "false",
     }
     if wasm.available():
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
         # the wasm handler, under the annotations that ask for it with the values pyouki accepts
-        annotations.update({wasm.HANDLER: "wasm", wasm.VARIANT: ",".join(wasm.VARIANTS),
-                            "io.github.pyouki.wasm.wasmtime.version": version("wasmtime")})
+        annotations.update({wasm.HANDLER: "wasm", wasm.VARIANT: ",".join(wasm.VARIANTS)})
+        try:
+            annotations["io.github.pyouki.wasm.wasmtime.version"] = version("wasmtime")
+        except PackageNotFoundError:
+            pass  # importable without its distribution's metadata (e.g. on PYTHONPATH)
     return {
         "ociVersionMin": OCI_VERSION_MIN,
         "ociVersionMax": OCI_VERSION,
