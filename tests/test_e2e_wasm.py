@@ -36,6 +36,7 @@ def wasm_image(e2e: Session) -> tuple[Path, Path]:
         "exit42.wat": wm.exit_with(42),
         "trap.wat": wm.trap(),
         "cat.wat": wm.cat(3, "etc/wasm-data"),
+        "tty.wat": wm.stdout_kind(linger_ms=500),
         "etc/wasm-data": "data-from-the-image\n",
     }
     for rel, text in files.items():
@@ -104,6 +105,14 @@ def test_podman_trap_and_corrupt_module(pm: Podman, pyouki: Runtime) -> None:
     assert r.returncode != 0, r
     # podman shows the runtime's own one-line message from its JSON log
     assert "process.args[0]: /bad.wasm is not a valid WebAssembly module" in r.stderr, r
+
+
+def test_podman_run_it_gives_the_module_a_terminal(pm: Podman, pyouki: Runtime) -> None:
+    r = pm(pyouki, "run", "-it", "--rm", "--annotation", ANNOTATION, WASM_IMAGE, "/tty.wat", pty=True)
+    assert r.returncode == 0, r
+    assert r.stdout.replace("\r", "").splitlines()[0] == "tty", r  # then the pty's echo of script's input
+    r = pm(pyouki, "run", "--rm", "--annotation", ANNOTATION, WASM_IMAGE, "/tty.wat").ok()
+    assert r.stdout.strip() == "not-a-tty", r
 
 
 def test_podman_detached_wasm_container(pm: Podman, pyouki: Runtime) -> None:

@@ -115,21 +115,27 @@ def sleep_then_print(seconds: int) -> str:
   (data (i32.const 64) "sleeping\\00")
   (data (i32.const 80) "woke\\00")
   (func (export "_start")
-    (call $puts (i32.const 64))
-    ;; one clock subscription at 4096: userdata 0, tag 0 (clock), id 1 (monotonic), timeout, precision 0
-    (i32.store8 (i32.const 4104) (i32.const 0))
-    (i32.store (i32.const 4112) (i32.const 1))
-    (i64.store (i32.const 4120) (i64.const {seconds * 1_000_000_000}))
-    (i64.store (i32.const 4128) (i64.const 0))
-    (i32.store16 (i32.const 4136) (i32.const 0))
-    (drop (call $poll_oneoff (i32.const 4096) (i32.const 6144) (i32.const 1) (i32.const 16)))
+    (call $puts (i32.const 64)){_sleep(seconds * 1_000_000_000)}
     (call $puts (i32.const 80)))
 """)
 
 
-def stdout_kind() -> str:
-    """Writes `tty` when stdout is a character device (a terminal), else `not-a-tty`."""
-    return _module("""
+def _sleep(nanoseconds: int) -> str:
+    """Instructions: wait on the monotonic clock with one poll_oneoff subscription at 4096 (userdata 0,
+    tag 0 = clock, clock id 1 = monotonic, the timeout, precision 0, flags 0)."""
+    return f"""
+    (i32.store8 (i32.const 4104) (i32.const 0))
+    (i32.store (i32.const 4112) (i32.const 1))
+    (i64.store (i32.const 4120) (i64.const {nanoseconds}))
+    (i64.store (i32.const 4128) (i64.const 0))
+    (i32.store16 (i32.const 4136) (i32.const 0))
+    (drop (call $poll_oneoff (i32.const 4096) (i32.const 6144) (i32.const 1) (i32.const 16)))"""
+
+
+def stdout_kind(linger_ms: int = 0) -> str:
+    """Writes `tty` when stdout is a character device (a terminal), else `not-a-tty`; then waits
+    linger_ms (conmon may drop the output of a terminal that closes at once)."""
+    return _module(f"""
   (data (i32.const 64) "tty\\00")
   (data (i32.const 80) "not-a-tty\\00")
   (func (export "_start")
@@ -137,7 +143,7 @@ def stdout_kind() -> str:
     ;; filetype 2: character device
     (if (i32.eq (i32.load8_u (i32.const 4096)) (i32.const 2))
       (then (call $puts (i32.const 64)))
-      (else (call $puts (i32.const 80)))))
+      (else (call $puts (i32.const 80)))){_sleep(linger_ms * 1_000_000)})
 """)
 
 
