@@ -179,9 +179,14 @@ def proc_fd(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def clean_path(path: str) -> str:
+    """A container path made absolute and lexically cleaned, like runc's utils.CleanPath."""
+    return os.path.normpath("/" + path.lstrip("/"))
+
+
 def split_parent(path: str) -> tuple[str, str]:
     """(parent, name) of a container path, lexically cleaned like runc's filepath.Join."""
-    clean = os.path.normpath("/" + path)
+    clean = clean_path(path)
     if clean == "/":
         raise OSError(errno.EINVAL, f"{path} names the root")
     return os.path.dirname(clean), os.path.basename(clean)
@@ -283,7 +288,7 @@ def _check_ordinary_dir(m: MountSpec, rootfd: int) -> None:
 
 def is_dev_tmpfs(m: MountSpec) -> bool:
     """The /dev filesystem: mounted writable and made read-only once the devices are in it (runc)."""
-    return not m.is_bind and os.path.normpath("/" + m.destination) == "/dev"
+    return not m.is_bind and clean_path(m.destination) == "/dev"
 
 
 def _mount_fs(m: MountSpec, fd: int, existed: bool) -> bool:

@@ -16,6 +16,7 @@ from pyouki.mounts import (
     PROPAGATION,
     CgroupView,
     MountSpec,
+    clean_path,
     is_dev_tmpfs,
     mount_one,
     open_in_root,
@@ -91,7 +92,7 @@ def create_devices(config: dict, rootfd: int, specs: list[MountSpec], in_userns:
     devices = [] if dev_bound else [(p, t, ma, mi, mode, 0, 0, "") for p, t, ma, mi, mode in DEFAULT_DEVICES]
     linux = config.get("linux") or {}
     for i, d in enumerate(linux.get("devices") or []):
-        path = os.path.normpath("/" + d["path"])  # "/dev/fuse/" is /dev/fuse, as with runc
+        path = clean_path(d["path"])  # "/dev/fuse/" is /dev/fuse, as with runc
         if in_userns and path == "/dev/ptmx":
             continue  # the host's ptmx would be bound; runc skips it, /dev/pts/ptmx serves instead
         devices = [x for x in devices if x[0] != path]
@@ -101,7 +102,7 @@ def create_devices(config: dict, rootfd: int, specs: list[MountSpec], in_userns:
     for path, kind, major, minor, mode, uid, gid, field in devices:
         _create_device(rootfd, path, kind, major, minor, mode, uid, gid, in_userns, field)
     if not dev_bound:
-        _dev_links(rootfd, any(os.path.normpath("/" + m.destination) == "/dev/pts" for m in specs))
+        _dev_links(rootfd, any(clean_path(m.destination) == "/dev/pts" for m in specs))
     for m in specs:
         if is_dev_tmpfs(m) and m.flags & sc.MS_RDONLY:
             # mounted writable so that the devices and /dev/pts could be made in it (runc's order)
