@@ -237,23 +237,32 @@ def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | N
         return mount_cgroup(m, rootfd, cgroups or CgroupView([], False))
     if m.type in ("proc", "sysfs"):
         _check_ordinary_dir(m, rootfd)
-    existed = m.type == "tmpfs" and _exists(rootfd, m.destination)
+    # like runc, a tmpfs over an existing directory takes that directory's mode unless mode= is given
+    keep_mode = m.type == "tmpfs" and not any(o.startswith("mode=") for o in m.data.split(",")) \
+        and _exists(rootfd, m.destination)
     try:
         fd = walk(rootfd, m.destination, "dir" if is_dir else "file")
     except OSError as e:
         raise PyoukiError(
             f"{m.field}.destination: failed to create {m.destination} in the rootfs: {reason(e)}"
         ) from None
+    mode = None
     try:
         if m.is_bind:
             sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
             bound = True
         else:
-            bound = _mount_fs(m, fd, existed)
+            mode = stat.S_IMODE(os.fstat(fd).st_mode) if keep_mode else None
+            bound = _mount_fs(m, fd)
         # the new mount sits on top of what fd names: open the destination again to reach it
         os.close(fd)
         fd = walk(rootfd, m.destination)
         target = proc_fd(fd)
+        if mode is not None:
+            os.chmod(target, mode)
+        if m.type == "tmpfs" and m.flags & sc.MS_RDONLY and not is_dev_tmpfs(m):
+            # mounted writable for the chmod, like runc; /dev waits for its devices (create_devices)
+            remount_bind(target, m.flags)
         if m.is_bind and m.flags & ~(sc.MS_BIND | sc.MS_REC):
             remount_bind(target, m.flags)
         elif bound:  # the sysfs/mqueue fallback
@@ -291,18 +300,13 @@ def is_dev_tmpfs(m: MountSpec) -> bool:
     return not m.is_bind and clean_path(m.destination) == "/dev"
 
 
-def _mount_fs(m: MountSpec, fd: int, existed: bool) -> bool:
+def _mount_fs(m: MountSpec, fd: int) -> bool:
     """Mount a filesystem on fd's directory; True when it fell back to a bind of the host's."""
     flags = m.flags & ~sc.MS_REMOUNT
-    if is_dev_tmpfs(m):
-        flags &= ~sc.MS_RDONLY
-    data = m.data
-    if m.type == "tmpfs" and existed:
-        # like runc, a tmpfs over an existing directory keeps its mode unless mode= says otherwise
-        mode = f"mode={stat.S_IMODE(os.fstat(fd).st_mode):04o}"
-        data = f"{mode},{data}" if data else mode
+    if m.type == "tmpfs" or is_dev_tmpfs(m):
+        flags &= ~sc.MS_RDONLY  # made read-only once its contents are in place
     try:
-        sc.mount(m.source or m.type, proc_fd(fd), m.type, flags, data or None)
+        sc.mount(m.source or m.type, proc_fd(fd), m.type, flags, m.data or None)
     except PermissionError:
         # in a user namespace sysfs needs a network namespace we own, and mqueue an ipc one:
         # like runc, fall back to a bind mount of the host's

@@ -17,6 +17,7 @@ from pyouki.mounts import (
     CgroupView,
     MountSpec,
     clean_path,
+    current_flags,
     is_dev_tmpfs,
     mount_one,
     open_in_root,
@@ -308,7 +309,9 @@ def readonly_paths(paths: list[str]) -> None:
                 sc.mount(proc_fd(fd), proc_fd(fd), None, sc.MS_BIND | sc.MS_REC)
                 os.close(fd)
                 fd = open_in_root(rootfd, path)  # the bind just made
-                remount_bind(proc_fd(fd), sc.MS_RDONLY)  # only ro, like runc (locked flags are kept anyway)
+                # ro, keeping the parent mount's nosuid/nodev/noexec like runc (statfs of the bind)
+                keep = current_flags(proc_fd(fd)) & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+                remount_bind(proc_fd(fd), sc.MS_RDONLY | keep)
             except OSError as e:
                 raise PyoukiError(f"linux.readonlyPaths[{i}]: failed to make {path} read-only: {reason(e)}") from None
             finally:
