@@ -155,6 +155,39 @@ def test_cgroup_namespace_shows_only_own_cgroup(runner: Runner, bundle: Bundle) 
         assert "RELEASE_AGENT" not in r.stdout
 
 
+def test_cgroup_namespace_not_owned_binds_only_own_cgroup(runner: Runner, bundle: Bundle,
+                                                           xfail_runc: Callable[[str], None]) -> None:
+    """Where the kernel refuses a fresh cgroup mount (a user namespace that does not own the
+    joined cgroup namespace), the container's own cgroup directory is bound, never the whole
+    hierarchy. runc 1.1.5 fails to start this config (EPERM on the cgroup mount)."""
+    if detect_mode() == "unified":
+        pytest.skip("host has no cgroup v1 hierarchies")
+    if runner.rootless:
+        pytest.skip("an unprivileged user cannot join the host's cgroup namespace")
+    xfail_runc("1.1.5 fails: mount cgroup: operation not permitted")
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        u = runner.user
+        bundle.add_namespace("user")
+        bundle.add_namespace("cgroup", f"/proc/{holder.pid}/ns/cgroup")
+        bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": u.subuid[0], "size": u.subuid[1]}]
+        bundle.linux["gidMappings"] = [{"containerID": 0, "hostID": u.subgid[0], "size": u.subgid[1]}]
+        bundle.linux.setdefault("resources", {})["memory"] = {"limit": 64 << 20}
+        bundle.sh("grep ' /sys/fs/cgroup/' /proc/self/mountinfo; "
+                  "echo LIMIT $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)")
+        cid = runner.new_id()
+        r = runner.run(cid, bundle).ok()
+    finally:
+        holder.kill()
+        holder.wait()
+    mounts = [ln.split() for ln in r.stdout.splitlines() if " /sys/fs/cgroup/" in ln]
+    assert mounts, r.stdout
+    for m in mounts:
+        assert m[3] != "/" and m[3].rstrip("/").endswith(cid), f"{m[4]} is not the container's cgroup: {' '.join(m)}"
+        assert m[5].split(",")[0] == "ro", " ".join(m)
+    assert f"LIMIT {64 << 20}" in r.stdout, r.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # item 7: proc and sysfs
 # --------------------------------------------------------------------------------------------
