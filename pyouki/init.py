@@ -268,11 +268,8 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
     fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
     os.close(rootfd)
-    try:
-        # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
-        os.makedirs(process.get("cwd") or "/", 0o755, exist_ok=True)
-    except OSError:
-        pass  # reported by the chdir below, with the field's name
+    # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
+    fs.make_cwd(process.get("cwd") or "/")
     fs.set_root_propagation(linux.get("rootfsPropagation"))
     if config.get("hostname"):
         _set_name(sc.sethostname, config["hostname"], "hostname")

@@ -229,6 +229,18 @@ def _hide_host_proc_sys(rootfs: str) -> None:
             sc.mount("tmpfs", mountpoint, "tmpfs", 0)  # locked in a user namespace: cover it
 
 
+def make_cwd(cwd: str) -> None:
+    """Create a missing process.cwd inside the new root, directory by directory on fds: an image
+    symlink through /proc/<pid>/root (the host's root without a pid namespace) stays inside."""
+    rootfd = _open_root()
+    try:
+        os.close(walk(rootfd, cwd, "dir"))
+    except OSError:
+        pass  # reported by the chdir into it, with the field's name
+    finally:
+        os.close(rootfd)
+
+
 def set_root_propagation(propagation: str | None) -> None:
     """Apply linux.rootfsPropagation to the new root after the pivot (shared needs it there)."""
     if propagation and propagation in PROPAGATION:

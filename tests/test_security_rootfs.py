@@ -255,3 +255,32 @@ def test_no_pivot_detaches_host_proc_and_sys(runner: Runner, bundle: Bundle) -> 
     runner.kill(cid, "KILL")
     assert os.stat("/proc").st_dev not in devs, "the host's /proc is still mounted in the container's namespace"
     assert os.stat("/sys").st_dev not in devs, "the host's /sys is still mounted in the container's namespace"
+
+
+# --------------------------------------------------------------------------------------------
+# after pivot_root: no magic link leads out
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_cwd_is_not_made_through_a_magic_link(runner: Runner, bundle: Bundle, workdir: Path,
+                                                      xfail_runc: Callable[[str], None]) -> None:
+    """Without a pid namespace /proc/<host pid>/root is the host's root: an image symlink through
+    it must not make the missing process.cwd on the host (it is created inside the rootfs).
+    runc 1.1.5 is also vulnerable: it makes the directory on the host."""
+    if runner.rootless:
+        pytest.skip("an unprivileged user cannot follow a root process's /proc/<pid>/root")
+    xfail_runc("1.1.5 creates the missing cwd on the host through the magic link")
+    hostside = workdir / "hostside"
+    hostside.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "pid"]
+        plant_symlink(bundle, "work", f"/proc/{holder.pid}/root{hostside}")
+        bundle.process["cwd"] = "/work/made"
+        bundle.set_args("true")
+        result, after = run_over_private_dev(runner, "run", "--bundle", str(bundle.path), runner.new_id())
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_dev_untouched(after)
+    assert not (hostside / "made").exists(), "process.cwd was created on the host"
