@@ -145,6 +145,9 @@ def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
             try:
                 fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             except FileNotFoundError:
+                if parts and parts[0] == "..":
+                    parts.pop(0)  # "missing/.." is where we are, as for securejoin: nothing to make
+                    continue
                 if not create:
                     raise
                 try:
