@@ -128,7 +128,8 @@ def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
     parent directories and an empty file). Each component is opened on its parent's fd without
     following it; a symlink is read and followed textually inside the root ("/" and ".." stop at
     the root), and directories are made with mkdirat on the parent's fd: no path string ever
-    reaches the kernel that it could resolve outside the root.
+    reaches the kernel that it could resolve outside the root. A missing directory followed by
+    ".." is made too (the kernel, resolving the same path for the container later, needs it).
     """
     parts = _parts(path)
     chain = [os.dup(rootfd)]  # the fds of the directories walked through, for ".."
@@ -145,9 +146,6 @@ def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
             try:
                 fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             except FileNotFoundError:
-                if parts and parts[0] == "..":
-                    parts.pop(0)  # "missing/.." is where we are, as for securejoin: nothing to make
-                    continue
                 if not create:
                     raise
                 try:
