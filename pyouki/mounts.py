@@ -251,10 +251,10 @@ def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | N
     try:
         if m.is_bind:
             sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
-            bound = True
+            fell_back = False
         else:
             mode = stat.S_IMODE(os.fstat(fd).st_mode) if keep_mode else None
-            bound = _mount_fs(m, fd)
+            fell_back = _mount_fs(m, fd)
         # the new mount sits on top of what fd names: open the destination again to reach it
         os.close(fd)
         fd = walk(rootfd, m.destination)
@@ -266,7 +266,7 @@ def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | N
             remount_bind(target, m.flags)
         if m.is_bind and m.flags & ~(sc.MS_BIND | sc.MS_REC):
             remount_bind(target, m.flags)
-        elif bound:  # the sysfs/mqueue fallback
+        elif fell_back:  # the sysfs/mqueue bind of the host's
             remount_bind(target, (m.flags & ~sc.MS_REMOUNT) | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         for prop in m.propagation:
             sc.mount(None, target, None, prop)
@@ -432,3 +432,12 @@ def cgroup_hierarchies(exclude: str = "") -> list[tuple[str, str, str, str]]:
             directory = mountpoint if rel.startswith("..") else os.path.normpath(os.path.join(mountpoint, rel))
             result.append((fstype, mountpoint, directory, ",".join(ctrls)))
     return result
+
+
+def is_char_or_block(path: str) -> bool:
+    """True for an existing device node."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
