@@ -21,6 +21,7 @@ from pyouki.caps import CapabilitySets
 from pyouki.channel import Channel
 from pyouki.config import namespaces
 from pyouki.errors import PyoukiError
+from pyouki.mounts import CgroupView, cgroup_hierarchies
 from pyouki.process import environment, home_of, resolve_executable, set_rlimits, set_user
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -72,6 +73,8 @@ class Plan:
 
         # run.oci.handler=wasm: wasmtime is imported now, before the fork (None without the annotation)
         self.wasm = wasm.handler(config)
+        # the host's cgroup hierarchies and our place in them, read before the cgroup namespace
+        self.cgroups: CgroupView | None = None
 
     def _open_namespace_paths(self) -> dict[str, int]:
         fds = {}
@@ -124,6 +127,9 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         if verb != "mapped":
             os._exit(1)  # the parent reports its own error
         plan.setgroups_allowed = arg == "1" and setgroups_allowed()
+        if any(m.get("type") == "cgroup" for m in plan.config.get("mounts") or []):
+            # in our cgroup now, and not yet in a cgroup namespace that hides where it is
+            plan.cgroups = CgroupView(cgroup_hierarchies(plan.rootfs), "cgroup" in plan.namespaces)
         if plan.new_userns:
             try:
                 os.setresgid(0, 0, 0)
@@ -258,9 +264,8 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
     in_userns = plan.rootless or "user" in plan.namespaces
     rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
     os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
-    specs = fs.do_mounts(config, plan.rootfs, rootfd, plan.rootless)
-    fs.create_devices(config, plan.rootfs, rootfd, specs, in_userns)
-    os.close(rootfd)
+    specs = fs.do_mounts(config, rootfd, plan.rootless, plan.cgroups)
+    fs.create_devices(config, rootfd, specs, in_userns)
     if plan.hook_sync:
         # the parent runs prestart and createRuntime hooks now, in the runtime's namespaces
         up.send("hooks")
@@ -269,12 +274,10 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         from pyouki import hooks
 
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
-    fs.pivot(plan.rootfs, plan.no_pivot)
-    try:
-        # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
-        os.makedirs(process.get("cwd") or "/", 0o755, exist_ok=True)
-    except OSError:
-        pass  # reported by the chdir below, with the field's name
+    fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+    os.close(rootfd)
+    # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
+    fs.make_cwd(process.get("cwd") or "/")
     fs.set_root_propagation(linux.get("rootfsPropagation"))
     if config.get("hostname"):
         _set_name(sc.sethostname, config["hostname"], "hostname")

@@ -1,12 +1,16 @@
 """The mounts of `config.mounts`: option parsing (pure) and mounting inside the rootfs.
 
-Destinations are resolved inside the rootfs with symlinks followed *relative to the rootfs*
-(`secure_join`), then opened with openat2(RESOLVE_IN_ROOT) and mounted through
-/proc/self/fd/N, so a symlink planted in the image can never send a mount to the host.
+Every path inside the container is reached through file descriptors obtained inside the rootfs:
+`walk` opens it component by component on the parent's fd (symlinks followed as text, clamped at
+the root; missing directories made with mkdirat), `open_in_root` lets the kernel resolve it with
+openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS). Mounts then go through /proc/self/fd/N and
+files are made with the *at() calls, so a symlink planted in the image can never send a mount,
+an unlink or a mknod to the host.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -97,58 +101,96 @@ class MountSpec:
         return f"{self.type or 'bind'} on {self.destination}"
 
 
-def secure_join(root: str, unsafe: str) -> str:
-    """Join unsafe to root as if root were '/', following symlinks without ever leaving root."""
-    parts = [p for p in unsafe.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        current = os.path.join(root, *resolved, part)
-        try:
-            target = os.readlink(current)
-        except OSError:
-            resolved.append(part)  # not a symlink, or not there yet
-            continue
-        links += 1
-        if links > 255:
-            raise PyoukiError(f"too many levels of symbolic links in {unsafe}")
-        if target.startswith("/"):
-            resolved = []
-        parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-    return os.path.join(root, *resolved)
-
-
 def reason(e: OSError) -> str:
     """The errno text of an OSError in lowercase, for messages."""
     return (e.strerror or str(e)).lower()
 
 
-def make_destination(root: str, dest: str, is_dir: bool) -> str:
-    """Create dest (a directory, or an empty file for a file bind) inside root; return its host path."""
-    path = secure_join(root, dest)
-    parent = path if is_dir else os.path.dirname(path)
-    # create the missing components one at a time, each re-resolved inside root
-    rel = os.path.relpath(parent, root)
-    current = root
-    if rel != ".":
-        for part in rel.split("/"):
-            current = secure_join(root, os.path.relpath(os.path.join(current, part), root))
-            if not os.path.isdir(current):
-                os.mkdir(current, 0o755)
-    if not is_dir and not os.path.lexists(path):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
-    return path
+# how every path inside the container is opened: symlinks stay inside the root, and procfs magic
+# links (/proc/<pid>/root of a host process when there is no pid namespace) are refused
+RESOLVE_SAFE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
+_MAX_LINKS = 40
 
 
-def open_in_root(rootfd: int, root: str, path: str) -> int:
-    """Open path (a host path under root) with O_PATH, resolved inside root by the kernel."""
-    rel = os.path.relpath(path, root)
-    return sc.openat2(rootfd, rel, os.O_PATH, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+def open_in_root(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
+    """Open path (as seen inside the root that rootfd names) with the kernel resolving it there."""
+    return sc.openat2(rootfd, path.lstrip("/") or ".", flags, RESOLVE_SAFE)
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
+    """An O_PATH fd for path inside the root that rootfd names, creating what is missing.
+
+    create is "" (nothing), "dir" (missing directories, the last one included) or "file" (missing
+    parent directories and an empty file). Each component is opened on its parent's fd without
+    following it; a symlink is read and followed textually inside the root ("/" and ".." stop at
+    the root), and directories are made with mkdirat on the parent's fd: no path string ever
+    reaches the kernel that it could resolve outside the root. A missing directory followed by
+    ".." is made too (the kernel, resolving the same path for the container later, needs it).
+    """
+    parts = _parts(path)
+    chain = [os.dup(rootfd)]  # the fds of the directories walked through, for ".."
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                if len(chain) > 1:
+                    os.close(chain.pop())
+                continue
+            parent = chain[-1]
+            last = not parts
+            try:
+                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    if last and create == "file":
+                        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         0o644, dir_fd=parent))
+                    else:
+                        os.mkdir(part, mode, dir_fd=parent)
+                except FileExistsError:
+                    pass  # made meanwhile (or a dangling symlink, followed below)
+                fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                os.close(fd)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                target = os.readlink(part, dir_fd=parent)
+                if target.startswith("/"):
+                    while len(chain) > 1:
+                        os.close(chain.pop())
+                parts = _parts(target) + parts
+                continue
+            chain.append(fd)
+        return chain.pop()
+    finally:
+        for fd in chain:
+            os.close(fd)
+
+
+def proc_fd(fd: int) -> str:
+    """The path through which the kernel reaches fd's file (for mount(2), which takes paths)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def clean_path(path: str) -> str:
+    """A container path made absolute and lexically cleaned, like runc's utils.CleanPath."""
+    return os.path.normpath("/" + path.lstrip("/"))
+
+
+def split_parent(path: str) -> tuple[str, str]:
+    """(parent, name) of a container path, lexically cleaned like runc's filepath.Join."""
+    clean = clean_path(path)
+    if clean == "/":
+        raise OSError(errno.EINVAL, f"{path} names the root")
+    return os.path.dirname(clean), os.path.basename(clean)
 
 
 def current_flags(path: str) -> int:
@@ -170,8 +212,16 @@ def remount_bind(target: str, flags: int) -> None:
         sc.mount(None, target, None, wanted | current_flags(target))
 
 
-def mount_one(m: MountSpec, root: str, rootfd: int, rootless: bool) -> None:
-    """Mount one config.mounts entry inside root (before pivot_root)."""
+def _exists(rootfd: int, path: str) -> bool:
+    try:
+        os.close(open_in_root(rootfd, path))
+    except OSError:
+        return False
+    return True
+
+
+def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | None = None) -> None:
+    """Mount one config.mounts entry inside the root that rootfd names (before pivot_root)."""
     source = m.source
     if m.is_bind:
         if not os.path.isabs(source):
@@ -185,109 +235,202 @@ def mount_one(m: MountSpec, root: str, rootfd: int, rootless: bool) -> None:
     else:
         is_dir = True
     if m.type == "cgroup":
-        return mount_cgroup(m, root, rootfd)
+        return mount_cgroup(m, rootfd, cgroups or CgroupView([], False))
+    if m.type in ("proc", "sysfs"):
+        _check_ordinary_dir(m, rootfd)
+    # like runc, a tmpfs over an existing directory takes that directory's mode unless mode= is given
+    keep_mode = m.type == "tmpfs" and not any(o.startswith("mode=") for o in m.data.split(",")) \
+        and _exists(rootfd, m.destination)
     try:
-        dest = make_destination(root, m.destination, is_dir)
+        fd = walk(rootfd, m.destination, "dir" if is_dir else "file")
     except OSError as e:
         raise PyoukiError(
             f"{m.field}.destination: failed to create {m.destination} in the rootfs: {reason(e)}"
         ) from None
-    fd = open_in_root(rootfd, root, dest)
-    target = f"/proc/self/fd/{fd}"
+    mode = None
     try:
         if m.is_bind:
-            sc.mount(source, target, None, m.flags & (sc.MS_BIND | sc.MS_REC))
-            os.close(fd)
-            fd = open_in_root(rootfd, root, dest)
-            target = f"/proc/self/fd/{fd}"
-            if m.flags & ~(sc.MS_BIND | sc.MS_REC):
-                remount_bind(target, m.flags)
+            sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
+            fell_back = False
         else:
-            _mount_fs(m, target, dest, rootless)
+            mode = stat.S_IMODE(os.fstat(fd).st_mode) if keep_mode else None
+            fell_back = _mount_fs(m, fd)
+        # the new mount sits on top of what fd names: open the destination again to reach it
+        os.close(fd)
+        fd = walk(rootfd, m.destination)
+        target = proc_fd(fd)
+        if mode is not None:
+            os.chmod(target, mode)
+        if m.type == "tmpfs" and m.flags & sc.MS_RDONLY and not is_dev_tmpfs(m):
+            # mounted writable for the chmod, like runc; /dev waits for its devices (create_devices)
+            remount_bind(target, m.flags)
+        if m.is_bind and m.flags & ~(sc.MS_BIND | sc.MS_REC):
+            remount_bind(target, m.flags)
+        elif fell_back:  # the sysfs/mqueue bind of the host's
+            remount_bind(target, (m.flags & ~sc.MS_REMOUNT) | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
         for prop in m.propagation:
-            sc.mount(None, dest, None, prop)
+            sc.mount(None, target, None, prop)
         if m.recursive_set or m.recursive_clear:
-            sc.mount_setattr(dest, m.recursive_set, m.recursive_clear)
+            sc.mount_setattr(target, m.recursive_set, m.recursive_clear)
     except OSError as e:
         raise PyoukiError(f"{m.field}: failed to mount {m.describe()}: {reason(e)}") from None
     finally:
         os.close(fd)
 
 
-def _mount_fs(m: MountSpec, target: str, dest: str, rootless: bool) -> None:
-    flags = m.flags & ~sc.MS_REMOUNT
+def _check_ordinary_dir(m: MountSpec, rootfd: int) -> None:
+    """proc and sysfs only on a real directory: never through a symlink the image planted (runc too)."""
     try:
-        sc.mount(m.source or m.type, target, m.type, flags, m.data or None)
+        parent, name = split_parent(m.destination)
+        pfd = walk(rootfd, parent)
+    except OSError:
+        return  # made by walk() later, as directories
+    try:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(pfd)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PyoukiError(f"{m.field}.destination: filesystem {m.type!r} must be mounted on ordinary directory "
+                          f"({m.destination} is not one in the rootfs)")
+
+
+def is_dev_tmpfs(m: MountSpec) -> bool:
+    """The /dev filesystem: mounted writable and made read-only once the devices are in it (runc)."""
+    return not m.is_bind and clean_path(m.destination) == "/dev"
+
+
+def _mount_fs(m: MountSpec, fd: int) -> bool:
+    """Mount a filesystem on fd's directory; True when it fell back to a bind of the host's."""
+    flags = m.flags & ~sc.MS_REMOUNT
+    if m.type == "tmpfs" or is_dev_tmpfs(m):
+        flags &= ~sc.MS_RDONLY  # made read-only once its contents are in place
+    try:
+        sc.mount(m.source or m.type, proc_fd(fd), m.type, flags, m.data or None)
     except PermissionError:
         # in a user namespace sysfs needs a network namespace we own, and mqueue an ipc one:
         # like runc, fall back to a bind mount of the host's
         fallback = {"sysfs": "/sys", "mqueue": "/dev/mqueue"}.get(m.type)
         if not fallback:
             raise
-        sc.mount(fallback, target, None, sc.MS_BIND | sc.MS_REC)
-        remount_bind(dest, flags | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        sc.mount(fallback, proc_fd(fd), None, sc.MS_BIND | sc.MS_REC)
+        return True
+    return False
 
 
-def mount_cgroup(m: MountSpec, root: str, rootfd: int) -> None:
-    """The cgroup filesystem: cgroup2 on a unified host, else a tmpfs with each v1 hierarchy bound in."""
-    dest = make_destination(root, m.destination, True)
-    hierarchies = cgroup_hierarchies(exclude=root)
+class CgroupView:
+    """The host's cgroup hierarchies and this container's place in them, read before the cgroup
+    namespace is entered (inside it, /proc/self/cgroup says "/" and the place is lost)."""
+
+    def __init__(self, hierarchies: list[tuple[str, str, str, str]], cgroupns: bool) -> None:
+        self.hierarchies = hierarchies  # (fstype, mountpoint, own cgroup's host dir, mount options)
+        self.cgroupns = cgroupns
+
+
+def mount_cgroup(m: MountSpec, rootfd: int, view: CgroupView) -> None:
+    """The cgroup filesystem as runc mounts it, showing the container's own cgroup only.
+
+    With a cgroup namespace each hierarchy is mounted afresh (the kernel roots it at the
+    namespace's cgroup); without one, or where the kernel refuses (a user namespace not owning
+    the cgroup namespace), the container's own cgroup directory is bound. Read-only unless the
+    config's options say rw.
+    """
+    fd = -1
     try:
-        if not any(kind == "cgroup" for kind, _, _ in hierarchies):
-            try:
-                sc.mount("cgroup2", dest, "cgroup2", m.flags & ~sc.MS_BIND)
-            except PermissionError:
-                src = next((mp for kind, mp, _ in hierarchies if kind == "cgroup2"), "/sys/fs/cgroup")
-                sc.mount(src, dest, None, sc.MS_BIND | sc.MS_REC)
-                remount_bind(dest, m.flags)
+        fd = walk(rootfd, m.destination, "dir")
+        sub_flags = (m.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)) | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        if not any(kind == "cgroup" for kind, *_ in view.hierarchies):
+            own = next((d for kind, _, d, _ in view.hierarchies if kind == "cgroup2"), "/sys/fs/cgroup")
+            flags = m.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
+            if _mount_hierarchy("cgroup2", "", own, fd, flags, view.cgroupns):
+                os.close(fd)
+                fd = walk(rootfd, m.destination)  # the bind just made
+                remount_bind(proc_fd(fd), flags)
             return
-        sc.mount("tmpfs", dest, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
-        for _kind, mountpoint, own in hierarchies:
+        sc.mount("tmpfs", proc_fd(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+        os.close(fd)
+        fd = walk(rootfd, m.destination)  # the tmpfs just mounted
+        for kind, mountpoint, own, options in view.hierarchies:
             name = os.path.basename(mountpoint)
-            sub = os.path.join(dest, name)
-            os.mkdir(sub, 0o755)
-            src = os.path.join(mountpoint, own.lstrip("/"))
-            if not os.path.isdir(src):
-                src = mountpoint
-            sc.mount(src, sub, None, sc.MS_BIND | sc.MS_REC)
-            remount_bind(sub, m.flags | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            os.mkdir(name, 0o755, dir_fd=fd)
+            sub = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                bound = _mount_hierarchy(kind, options, own, sub, sub_flags, view.cgroupns)
+            finally:
+                os.close(sub)
+            if bound:
+                sub = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    remount_bind(proc_fd(sub), sub_flags)
+                finally:
+                    os.close(sub)
             if "," in name:  # co-mounted controllers: cpu -> cpu,cpuacct like the host
                 for alias in name.split(","):
-                    link = os.path.join(dest, alias)
-                    if not os.path.lexists(link):
-                        os.symlink(name, link)
+                    try:
+                        os.symlink(name, alias, dir_fd=fd)
+                    except FileExistsError:
+                        pass
         if m.flags & sc.MS_RDONLY:
-            remount_bind(dest, sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+            remount_bind(proc_fd(fd), sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     except OSError as e:
         raise PyoukiError(f"{m.field}: failed to mount cgroup on {m.destination}: {reason(e)}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
-def cgroup_hierarchies(exclude: str = "") -> list[tuple[str, str, str]]:
-    """(fstype, mountpoint, this process's cgroup path in it) for each cgroup mount of the host.
+def _mount_hierarchy(kind: str, options: str, own: str, fd: int, flags: int, cgroupns: bool) -> bool:
+    """One hierarchy on fd's directory: fresh in a cgroup namespace (the kernel roots it at the
+    namespace's cgroup), else a bind of our own cgroup's directory; True for a bind, which the
+    caller remounts with flags."""
+    target = proc_fd(fd)
+    if cgroupns:
+        try:
+            if kind == "cgroup2":
+                sc.mount("cgroup2", target, "cgroup2", flags)
+            else:
+                sc.mount("systemd" if options == "name=systemd" else "cgroup", target, "cgroup", flags, options)
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EBUSY):
+                raise
+    sc.mount(own, target, None, sc.MS_BIND | sc.MS_REC)
+    return True
+
+
+def cgroup_hierarchies(exclude: str = "") -> list[tuple[str, str, str, str]]:
+    """(fstype, mountpoint, this process's cgroup directory, v1 controller options) per host hierarchy.
 
     Mounts under exclude (the rootfs, where a bind of /sys repeats them) are left out.
     """
-    own: dict[str, str] = {}
+    own: dict[frozenset[str], str] = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            own[controllers] = path
+            own[frozenset(controllers.split(",")) if controllers else frozenset()] = path
+    with open("/proc/cgroups") as f:
+        known = {line.split()[0] for line in f if not line.startswith("#")}
     result = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
             fstype, options = fields[sep + 1], fields[sep + 3]
-            if exclude and (fields[4] + "/").startswith(exclude.rstrip("/") + "/"):
+            root, mountpoint = fields[3], fields[4]
+            if exclude and (mountpoint + "/").startswith(exclude.rstrip("/") + "/"):
                 continue
             if fstype == "cgroup2":
-                result.append((fstype, fields[4], own.get("", "/")))
+                ctrls: list[str] = []
             elif fstype == "cgroup":
-                opts = options.split(",")
-                ctrls = [o for o in opts if o not in ("rw", "ro", "nosuid", "nodev", "noexec", "relatime", "xattr")
-                         and not o.startswith(("release_agent", "clone_children"))]
-                key = ",".join(ctrls)
-                result.append((fstype, fields[4], own.get(key, "/")))
+                ctrls = [o for o in options.split(",") if o in known or o.startswith("name=")]
+            else:
+                continue
+            path = own.get(frozenset(ctrls), "/")
+            rel = os.path.relpath(path, root)
+            # our cgroup below the mount's root: its directory; otherwise only the mount is there
+            directory = mountpoint if rel.startswith("..") else os.path.normpath(os.path.join(mountpoint, rel))
+            result.append((fstype, mountpoint, directory, ",".join(ctrls)))
     return result
 
 

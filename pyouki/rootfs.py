@@ -6,6 +6,7 @@ caller) -> finalize (masked and read-only paths, read-only root).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -13,12 +14,18 @@ from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError
 from pyouki.mounts import (
     PROPAGATION,
+    CgroupView,
     MountSpec,
-    make_destination,
+    clean_path,
+    current_flags,
+    is_dev_tmpfs,
     mount_one,
     open_in_root,
+    proc_fd,
     reason,
     remount_bind,
+    split_parent,
+    walk,
 )
 
 DEFAULT_DEVICES = (
@@ -68,81 +75,116 @@ def prepare(rootfs: str, propagation: str | None) -> int:
     return os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def do_mounts(config: dict, rootfs: str, rootfd: int, rootless: bool) -> list[MountSpec]:
-    """Mount every config.mounts entry inside the rootfs."""
+def do_mounts(config: dict, rootfd: int, rootless: bool, cgroups: CgroupView | None = None) -> list[MountSpec]:
+    """Mount every config.mounts entry inside the rootfs that rootfd names."""
     specs = [MountSpec(m, f"mounts[{i}]") for i, m in enumerate(config.get("mounts") or [])]
     for m in specs:
-        mount_one(m, rootfs, rootfd, rootless)
+        mount_one(m, rootfd, rootless, cgroups)
     return specs
 
 
-def create_devices(config: dict, rootfs: str, rootfd: int, specs: list[MountSpec], in_userns: bool) -> None:
-    """Default devices, linux.devices and the /dev links, unless /dev is bound from the host."""
+def create_devices(config: dict, rootfd: int, specs: list[MountSpec], in_userns: bool) -> None:
+    """Default devices, linux.devices and the /dev links, unless /dev is bound from the host.
+
+    Every node, link and unlink is made with the *at() calls on a directory fd opened inside the
+    rootfs: a /dev planted as a symlink to the host's can only lead back into the rootfs.
+    """
     dev_bound = any(m.destination.rstrip("/") == "/dev" and m.is_bind for m in specs)
     devices = [] if dev_bound else [(p, t, ma, mi, mode, 0, 0, "") for p, t, ma, mi, mode in DEFAULT_DEVICES]
     linux = config.get("linux") or {}
     for i, d in enumerate(linux.get("devices") or []):
-        devices = [x for x in devices if x[0] != d["path"]]
-        devices.append((d["path"], d["type"], int(d.get("major", 0)), int(d.get("minor", 0)),
+        path = clean_path(d["path"])  # "/dev/fuse/" is /dev/fuse, as with runc
+        if in_userns and path == "/dev/ptmx":
+            continue  # the host's ptmx would be bound; runc skips it, /dev/pts/ptmx serves instead
+        devices = [x for x in devices if x[0] != path]
+        devices.append((path, d["type"], int(d.get("major", 0)), int(d.get("minor", 0)),
                         int(d.get("fileMode", 0o666)), d.get("uid", 0), d.get("gid", 0),
                         f"linux.devices[{i}]"))
     for path, kind, major, minor, mode, uid, gid, field in devices:
-        _create_device(rootfs, rootfd, path, kind, major, minor, mode, uid, gid, in_userns, field)
-    if dev_bound:
-        return
-    for target, link in DEV_LINKS:
-        _symlink(rootfs, target, link)
-    if any(m.destination.rstrip("/") == "/dev/pts" for m in specs):
-        host = os.path.join(rootfs, "dev/ptmx")
-        if os.path.lexists(host) and not os.path.islink(host):
-            os.unlink(host)
-        _symlink(rootfs, "pts/ptmx", "/dev/ptmx")
+        _create_device(rootfd, path, kind, major, minor, mode, uid, gid, in_userns, field)
+    if not dev_bound:
+        _dev_links(rootfd, any(clean_path(m.destination) == "/dev/pts" for m in specs))
+    for m in specs:
+        if is_dev_tmpfs(m) and m.flags & sc.MS_RDONLY:
+            # mounted writable so that the devices and /dev/pts could be made in it (runc's order)
+            fd = walk(rootfd, "/dev")
+            try:
+                remount_bind(proc_fd(fd), m.flags | sc.MS_RDONLY)
+            except OSError as e:
+                raise PyoukiError(f"{m.field}: failed to remount /dev read-only: {reason(e)}") from None
+            finally:
+                os.close(fd)
 
 
-def _symlink(rootfs: str, target: str, link: str) -> None:
-    path = make_destination(rootfs, os.path.dirname(link), True)
-    path = os.path.join(path, os.path.basename(link))
-    if not os.path.lexists(path):
-        os.symlink(target, path)
+def _dev_links(rootfd: int, has_pts: bool) -> None:
+    try:
+        fd = walk(rootfd, "/dev", "dir")
+    except OSError as e:
+        raise PyoukiError(f"failed to create /dev in the rootfs: {reason(e)}") from None
+    try:
+        for target, link in DEV_LINKS:
+            _symlink_at(fd, target, os.path.basename(link))
+        if has_pts:
+            try:
+                if not stat.S_ISLNK(os.stat("ptmx", dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink("ptmx", dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            _symlink_at(fd, "pts/ptmx", "ptmx")
+    except OSError as e:
+        raise PyoukiError(f"failed to create the /dev links: {reason(e)}") from None
+    finally:
+        os.close(fd)
 
 
-def _create_device(rootfs: str, rootfd: int, path: str, kind: str, major: int, minor: int, mode: int,
+def _symlink_at(dirfd: int, target: str, name: str) -> None:
+    try:
+        os.symlink(target, name, dir_fd=dirfd)
+    except FileExistsError:
+        pass  # the image's own (or /dev bound from the host): left as it is
+
+
+def _create_device(rootfd: int, path: str, kind: str, major: int, minor: int, mode: int,
                    uid: int, gid: int, in_userns: bool, field: str) -> None:
     what = field or path
     try:
-        dest = make_destination(rootfs, path, False) if in_userns else None
         if in_userns:
             # mknod is not allowed in a user namespace: bind the host's node, like runc
-            assert dest is not None
             if not os.path.exists(path):
                 raise PyoukiError(f"{what}: cannot create device {path} in a user namespace: the host has none to bind")
-            fd = open_in_root(rootfd, rootfs, dest)
+            fd = walk(rootfd, path, "file")
             try:
-                sc.mount(path, f"/proc/self/fd/{fd}", None, sc.MS_BIND)
+                sc.mount(path, proc_fd(fd), None, sc.MS_BIND)
             finally:
                 os.close(fd)
             return
-        dest = make_destination(rootfs, os.path.dirname(path), True)
-        dest = os.path.join(dest, os.path.basename(path))
-        if os.path.lexists(dest):
-            os.unlink(dest)
-        type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
-        old = os.umask(0)
+        parent, name = split_parent(path)
+        fd = walk(rootfd, parent, "dir")
         try:
-            os.mknod(dest, type_bits | (mode & 0o7777), os.makedev(major, minor))
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            type_bits = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[kind]
+            old = os.umask(0)
+            try:
+                os.mknod(name, type_bits | (mode & 0o7777), os.makedev(major, minor), dir_fd=fd)
+            finally:
+                os.umask(old)
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
         finally:
-            os.umask(old)
-        os.chown(dest, uid, gid)
+            os.close(fd)
     except OSError as e:
         raise PyoukiError(f"{what}: failed to create device {path}: {reason(e)}") from None
 
 
-def pivot(rootfs: str, no_pivot: bool) -> None:
-    """Make rootfs the root: pivot_root, or MS_MOVE + chroot with --no-pivot."""
+def pivot(rootfd: int, rootfs: str, no_pivot: bool) -> None:
+    """Make the rootfs (rootfd) the root: pivot_root, or MS_MOVE + chroot with --no-pivot."""
     try:
-        os.chdir(rootfs)
+        os.fchdir(rootfd)
         if no_pivot:
-            sc.mount(rootfs, "/", None, sc.MS_MOVE)
+            _hide_host_proc_sys(rootfs)
+            sc.mount(".", "/", None, sc.MS_MOVE)
             os.chroot(".")
             os.chdir("/")
             return
@@ -160,6 +202,45 @@ def pivot(rootfs: str, no_pivot: bool) -> None:
         raise PyoukiError(f"failed to pivot_root into {rootfs}: {reason(e)}") from None
 
 
+def _hide_host_proc_sys(rootfs: str) -> None:
+    """Without pivot_root the host's mounts stay in the container's mount namespace, under the
+    moved rootfs: detach (or, where that is refused, cover) every full procfs and sysfs of the
+    host, as runc does, so they cannot license a fresh unmasked proc or sys mount in the container."""
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    under = rootfs.rstrip("/") + "/"
+    for line in lines:
+        fields = line.split()
+        fstype = fields[fields.index("-") + 1]
+        mountpoint = fields[4].replace("\\040", " ")
+        if fstype not in ("proc", "sysfs") or fields[3] != "/" or (mountpoint + "/").startswith(under):
+            continue
+        try:
+            sc.mount(None, mountpoint, None, sc.MS_SLAVE | sc.MS_REC)  # no unmount event reaches the host
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.EINVAL):
+                continue  # under a mount detached already
+            raise
+        try:
+            sc.umount2(mountpoint, sc.MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            sc.mount("tmpfs", mountpoint, "tmpfs", 0)  # locked in a user namespace: cover it
+
+
+def make_cwd(cwd: str) -> None:
+    """Create a missing process.cwd inside the new root, directory by directory on fds: an image
+    symlink through /proc/<pid>/root (the host's root without a pid namespace) stays inside."""
+    rootfd = _open_root()
+    try:
+        os.close(walk(rootfd, cwd, "dir"))
+    except OSError:
+        pass  # reported by the chdir into it, with the field's name
+    finally:
+        os.close(rootfd)
+
+
 def set_root_propagation(propagation: str | None) -> None:
     """Apply linux.rootfsPropagation to the new root after the pivot (shared needs it there)."""
     if propagation and propagation in PROPAGATION:
@@ -169,30 +250,86 @@ def set_root_propagation(propagation: str | None) -> None:
             raise PyoukiError(f"linux.rootfsPropagation: failed to set {propagation} on /: {reason(e)}") from None
 
 
+def _open_root() -> int:
+    return os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _null_device(rootfd: int, field: str) -> int:
+    """The container's /dev/null, opened inside it and checked to be the null device (an image's
+    /dev/null could be a symlink to anything, /proc/1/root/... included)."""
+    try:
+        fd = open_in_root(rootfd, "/dev/null")
+    except OSError as e:
+        raise PyoukiError(f"{field}: cannot open /dev/null in the container: {reason(e)}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+        os.close(fd)
+        raise PyoukiError(f"{field}: /dev/null in the container is not the null device")
+    return fd
+
+
 def mask_paths(paths: list[str]) -> None:
-    """linux.maskedPaths: an empty read-only tmpfs over directories, /dev/null over files."""
-    for i, path in enumerate(paths):
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY, "size=0k")
-            else:
-                sc.mount("/dev/null", path, None, sc.MS_BIND)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise PyoukiError(f"linux.maskedPaths[{i}]: failed to mask {path}: {reason(e)}") from None
+    """linux.maskedPaths: an empty read-only tmpfs over directories, /dev/null over files.
+
+    Runs after pivot_root: each path is opened inside the new root without following magic links
+    (without a pid namespace /proc/1/root is the host's root) and masked through its fd."""
+    if not paths:
+        return
+    rootfd = _open_root()
+    null = -1
+    try:
+        for i, path in enumerate(paths):
+            field = f"linux.maskedPaths[{i}]"
+            try:
+                fd = open_in_root(rootfd, path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise PyoukiError(f"{field}: failed to mask {path}: {reason(e)}") from None
+            try:
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    sc.mount("tmpfs", proc_fd(fd), "tmpfs", sc.MS_RDONLY, "size=0k")
+                else:
+                    if null < 0:
+                        null = _null_device(rootfd, field)
+                    sc.mount(proc_fd(null), proc_fd(fd), None, sc.MS_BIND)
+            except OSError as e:
+                raise PyoukiError(f"{field}: failed to mask {path}: {reason(e)}") from None
+            finally:
+                os.close(fd)
+    finally:
+        os.close(rootfd)
+        if null >= 0:
+            os.close(null)
 
 
 def readonly_paths(paths: list[str]) -> None:
-    """linux.readonlyPaths: bind each path onto itself, then remount it read-only."""
-    for i, path in enumerate(paths):
-        try:
-            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            remount_bind(path, sc.MS_RDONLY)  # only ro, like runc (locked flags are kept anyway)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise PyoukiError(f"linux.readonlyPaths[{i}]: failed to make {path} read-only: {reason(e)}") from None
+    """linux.readonlyPaths: bind each path onto itself, then remount it read-only (after pivot_root,
+    each path opened inside the root without following magic links)."""
+    if not paths:
+        return
+    rootfd = _open_root()
+    try:
+        for i, path in enumerate(paths):
+            try:
+                fd = open_in_root(rootfd, path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise PyoukiError(f"linux.readonlyPaths[{i}]: failed to make {path} read-only: {reason(e)}") from None
+            try:
+                sc.mount(proc_fd(fd), proc_fd(fd), None, sc.MS_BIND | sc.MS_REC)
+                os.close(fd)
+                fd = open_in_root(rootfd, path)  # the bind just made
+                # ro, keeping the parent mount's nosuid/nodev/noexec like runc (statfs of the bind)
+                keep = current_flags(proc_fd(fd)) & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+                remount_bind(proc_fd(fd), sc.MS_RDONLY | keep)
+            except OSError as e:
+                raise PyoukiError(f"linux.readonlyPaths[{i}]: failed to make {path} read-only: {reason(e)}") from None
+            finally:
+                os.close(fd)
+    finally:
+        os.close(rootfd)
 
 
 def readonly_root() -> None:
