@@ -1,0 +1,109 @@
+"""Config fields that must never reach the host (issue 8, items 4, 8 and 9).
+
+- linux.sysctl: only keys of a namespace the container owns are written (runc's validator);
+  every create that could write a sysctl runs, as root, inside a throw-away
+  ``unshare --ipc --net --uts`` and with the value the key already has, so a regression can
+  neither change this machine's namespaces nor its global settings. Rootless runtimes cannot
+  write the host's sysctls at all (the kernel refuses): there the check is only the error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly
+
+
+def in_throwaway_namespaces(runner: Runner) -> Runner:
+    """The runner, with its runtime started in a fresh ``unshare --ipc --net --uts`` when root.
+
+    The wrapper keeps the runtime's name (its default state dir and message checks depend on it).
+    """
+    if runner.rootless:
+        return runner
+    wrapper_dir = runner.workdir / "throwaway-ns"
+    wrapper_dir.mkdir(exist_ok=True)
+    wrapper = wrapper_dir / os.path.basename(runner.runtime.path)
+    wrapper.write_text(f'#!/bin/sh\nexec unshare --ipc --net --uts -- {runner.runtime.path} "$@"\n')
+    wrapper.chmod(0o755)
+    runtime = RuntimeInfo(path=str(wrapper), name=runner.runtime.name, is_pyouki=runner.runtime.is_pyouki)
+    return dataclasses.replace(runner, runtime=runtime)
+
+
+def current_sysctl(key: str) -> str:
+    """The value key has now (as the container would write it: one line, no newline)."""
+    return Path("/proc/sys", key.replace(".", "/")).read_text().rstrip("\n")
+
+
+def drop_namespace(bundle: Bundle, kind: str) -> None:
+    bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != kind]
+    if kind == "uts":
+        bundle.config.pop("hostname", None)
+        bundle.config.pop("domainname", None)
+
+
+REFUSED = [
+    # (namespace removed from the config, key, what the error says)
+    (None, "kernel.core_pattern", "not in a separate kernel namespace"),
+    (None, "kernel/core_pattern", "not in a separate kernel namespace"),
+    (None, "vm.overcommit_memory", "not in a separate kernel namespace"),
+    (None, "kernel.hostname", "conflicts with the hostname field"),
+    ("ipc", "kernel.shmmax", "needs the container's own ipc namespace"),
+    ("ipc", "kernel.sem", "needs the container's own ipc namespace"),
+    ("ipc", "fs.mqueue.queues_max", "needs the container's own ipc namespace"),
+    ("network", "net.ipv4.ip_forward", "needs the container's own network namespace"),
+    ("network", "net/ipv4/ip_forward", "needs the container's own network namespace"),
+    ("uts", "kernel.domainname", "needs the container's own uts namespace"),
+]
+
+
+@pytest.mark.parametrize(("dropped", "key", "why"), REFUSED)
+def test_sysctl_outside_own_namespace_refused(runner: Runner, bundle: Bundle, dropped: str | None, key: str,
+                                              why: str) -> None:
+    """runc 1.1.5 refuses these too; pyouki wrote them to the host (kernel.core_pattern: root
+    code execution on the next crash)."""
+    runner = in_throwaway_namespaces(runner)
+    if dropped:
+        drop_namespace(bundle, dropped)
+    bundle.linux["sysctl"] = {key: current_sysctl(key.replace("/", "."))}
+    bundle.set_args("true")
+    cid = runner.new_id("sysctl")
+    res = runner.create(cid, bundle)
+    assert_failed_cleanly(runner.runtime, res, f"linux.sysctl.{key}", why)
+    assert runner.state_entries() == []
+    assert runner.leftover_pids() == []
+
+
+def test_sysctl_in_joined_host_network_namespace_refused(runner: Runner, bundle: Bundle) -> None:
+    """/proc/self/ns/net is the runtime's own network namespace: joining it is the host's."""
+    runner = in_throwaway_namespaces(runner)
+    if runner.rootless:
+        drop_namespace(bundle, "network")
+    bundle.add_namespace("network", "/proc/self/ns/net")
+    bundle.linux["sysctl"] = {"net.ipv4.ip_forward": current_sysctl("net.ipv4.ip_forward")}
+    bundle.set_args("true")
+    res = runner.create(runner.new_id("sysctl"), bundle)
+    assert_failed_cleanly(runner.runtime, res, "linux.sysctl.net.ipv4.ip_forward")
+    if runner.runtime.is_pyouki:
+        assert "network namespace joined at /proc/self/ns/net is the host's" in res.stderr
+    assert runner.state_entries() == []
+
+
+def test_sysctl_in_own_namespaces_applied(runner: Runner, bundle: Bundle) -> None:
+    """Namespaced keys, dotted and slash form, land in the container's own namespaces."""
+    runner = in_throwaway_namespaces(runner)
+    if "network" not in bundle.namespaces():
+        bundle.add_namespace("network")
+    bundle.linux["sysctl"] = {"fs.mqueue.queues_max": "77", "net/ipv4/ip_forward": "1", "kernel.msgmax": "4321"}
+    if not runner.rootless:
+        # the uts keys' files belong to the initial user namespace's root, whatever the namespace
+        bundle.linux["sysctl"]["kernel.domainname"] = "pyt.example"
+    bundle.sh("cat /proc/sys/fs/mqueue/queues_max /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/msgmax "
+              "/proc/sys/kernel/domainname")
+    out = runner.run(runner.new_id("sysctl"), bundle).ok().stdout
+    assert out.split()[:3] == ["77", "1", "4321"]
+    if not runner.rootless:
+        assert out.split()[3] == "pyt.example"
