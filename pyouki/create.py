@@ -277,7 +277,7 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
     try:
         if cgroup is not None:
             cgroup.apply(pid)
-            from pyouki.rootfs import device_rules
+            from pyouki.cgroups.devices import device_rules
 
             linux = plan.config.get("linux") or {}
             resources = dict(linux.get("resources") or {})

@@ -107,3 +107,47 @@ def test_sysctl_in_own_namespaces_applied(runner: Runner, bundle: Bundle) -> Non
     assert out.split()[:3] == ["77", "1", "4321"]
     if not runner.rootless:
         assert out.split()[3] == "pyt.example"
+
+
+# -- the device cgroup -------------------------------------------------------------------------
+# Root only: a rootless container has no device cgroup (its user namespace already refuses
+# device nodes). The nodes are made in the container's own /dev tmpfs, never the host's.
+
+KMSG = {"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 0o644, "uid": 0, "gid": 0}
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_linux_devices_entry_does_not_override_a_deny(runner: Runner, bundle: Bundle) -> None:
+    """The node is created, but resources.devices alone decides: a deny keeps it unopenable."""
+    bundle.linux["devices"] = [KMSG]
+    bundle.linux["resources"] = {"devices": [{"allow": False, "access": "rwm"},
+                                             {"allow": False, "type": "c", "major": 1, "minor": 11, "access": "rwm"}]}
+    # opened for writing and closed at once: nothing is logged, and unlike reading (CAP_SYSLOG)
+    # only the device cgroup can refuse it
+    bundle.sh("ls -l /dev/kmsg; (exec 3>/dev/kmsg) 2>/dev/null && echo OPENED || echo DENIED")
+    out = runner.run(runner.new_id("dev"), bundle).ok().stdout
+    assert out.split()[0].startswith("c"), out  # the node exists
+    assert out.split()[-1] == "DENIED", out
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_linux_devices_entry_usable_when_allowed(runner: Runner, bundle: Bundle) -> None:
+    """An allow rule in resources.devices (what engines write for --device) opens it."""
+    bundle.linux["devices"] = [dict(KMSG, path="/dev/mynull", major=1, minor=3)]
+    bundle.linux["resources"] = {"devices": [{"allow": False, "access": "rwm"},
+                                             {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}]}
+    bundle.sh("echo x > /dev/mynull && echo WROTE")
+    assert runner.run(runner.new_id("dev"), bundle).ok().stdout.split() == ["WROTE"]
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_mknod_of_any_node_allowed_opening_denied(runner: Runner, bundle: Bundle) -> None:
+    """runc's defaults allow mknod of any node (c *:* m, b *:* m) with CAP_MKNOD; opening an
+    unlisted one stays denied."""
+    caps = bundle.process["capabilities"]
+    for key in ("bounding", "effective", "permitted"):
+        caps[key] = sorted(set(caps.get(key) or []) | {"CAP_MKNOD"})
+    bundle.sh("mknod /dev/k c 1 11 && echo MADE-C; mknod /dev/loopx b 7 200 && echo MADE-B; "
+              "(exec 3>/dev/k) 2>/dev/null && echo OPENED || echo DENIED")
+    out = runner.run(runner.new_id("dev"), bundle).ok().stdout
+    assert out.split() == ["MADE-C", "MADE-B", "DENIED"]
