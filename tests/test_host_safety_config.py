@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,98 @@ def test_mknod_of_any_node_allowed_opening_denied(runner: Runner, bundle: Bundle
               "(exec 3>/dev/k) 2>/dev/null && echo OPENED || echo DENIED")
     out = runner.run(runner.new_id("dev"), bundle).ok().stdout
     assert out.split() == ["MADE-C", "MADE-B", "DENIED"]
+
+
+# -- the state root and the pid file -----------------------------------------------------------
+
+
+def test_existing_root_keeps_its_mode(runner: Runner, bundle: Bundle, workdir: Path) -> None:
+    """`--root /tmp` used to chmod /tmp to 0700; a directory pyouki did not create keeps its mode."""
+    shared = workdir / "shared-root"
+    shared.mkdir()
+    if runner.owner:
+        os.chown(shared, *runner.owner)
+    os.chmod(shared, 0o1777)
+    bundle.set_args("true")
+    cid = runner.new_id("root")
+    runner.create(cid, bundle, root=str(shared)).ok()
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777
+    assert os.stat(shared / cid).st_mode & 0o022 == 0  # the container's own directory stays private
+    runner.delete(cid, "--force", root=str(shared)).ok()
+    assert os.stat(shared).st_mode & 0o7777 == 0o1777
+
+
+def test_pid_file_not_written_through_planted_symlinks(runner: Runner, bundle: Bundle, workdir: Path) -> None:
+    """The temp name was `.<name>.<pid of the runtime>`, opened without O_EXCL|O_NOFOLLOW: with
+    symlinks planted for the next pids, the runtime wrote through one into another file."""
+    piddir = workdir / "piddir"
+    piddir.mkdir()
+    victim = workdir / "victim"
+    victim.write_text("precious\n")
+    if runner.owner:
+        os.chown(piddir, *runner.owner)
+        os.chown(victim, *runner.owner)
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    for pid in range(last + 1, last + 3000):
+        os.symlink(victim, piddir / f".pid.{pid}")
+    bundle.set_args("sleep", "100")
+    cid = runner.new_id("pidfile")
+    runner.create(cid, bundle, "--pid-file", str(piddir / "pid")).ok()
+    assert victim.read_text() == "precious\n"
+    assert not (piddir / "pid").is_symlink()
+    assert int((piddir / "pid").read_text()) == int(runner.state(cid)["pid"])
+    assert sorted(p.name for p in piddir.iterdir() if not p.is_symlink()) == ["pid"]  # no temp file left
+
+
+# -- a deep cgroup tree made by the container --------------------------------------------------
+
+DEPTH = 1100  # beyond Python's default recursion limit (1000)
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_deep_cgroup_tree_made_by_the_container_is_removed(runner: Runner, bundle: Bundle,
+                                                           runtime: RuntimeInfo) -> None:
+    """The container mounts its own freezer hierarchy (cgroup namespace: rooted at its own
+    cgroup) and nests DEPTH cgroups with a process in the deepest; ps, delete --force and the
+    removal walked the tree recursively (RecursionError)."""
+    if not Path("/sys/fs/cgroup/freezer").is_dir():
+        pytest.skip("needs the cgroup v1 freezer hierarchy")
+    if "cgroup" not in bundle.namespaces():
+        bundle.add_namespace("cgroup")
+    caps = bundle.process["capabilities"]
+    for key in ("bounding", "effective", "permitted"):
+        caps[key] = sorted(set(caps.get(key) or []) | {"CAP_SYS_ADMIN"})
+    # refuse to go on unless the mount is rooted at the container's own cgroup, never the host's
+    bundle.sh(f"""set -e
+grep -q ':freezer:/$' /proc/self/cgroup
+mkdir -p /cg && mount -t cgroup -o freezer cgroup /cg
+cd /cg
+i=0; while [ $i -lt {DEPTH} ]; do mkdir d; cd d; i=$((i+1)); done
+sleep 1000 &
+echo $! > cgroup.procs
+touch /tmp/ready
+wait""")
+    cid = runner.new_id("deep")
+    runner.create(cid, bundle).ok()
+    runner.start(cid).ok()
+    ready = bundle.rootfs / "tmp" / "ready"
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the container did not build its cgroup tree"
+    cgdir = None
+    if runtime.is_pyouki:
+        from pyouki.state import Container
+
+        container = Container(str(runner.state_root), cid)
+        container.load()
+        cgdir = Path(container.record["cgroup"]["paths"]["freezer"])
+        assert (cgdir / "/".join(["d"] * DEPTH)).is_dir()
+    res = runner.cmd("ps", "--format", "json", cid).ok()
+    assert len(json.loads(res.stdout)) == 2  # the shell and the sleep at the bottom of the tree
+    res = runner.delete(cid, "--force")
+    assert res.returncode == 0, res
+    assert "Recursion" not in res.stderr
+    assert runner.leftover_pids() == []
+    if cgdir is not None:
+        assert not cgdir.exists()
