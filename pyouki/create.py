@@ -133,16 +133,36 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
 
 
 def write_pid_file(path: str, pid: int) -> None:
-    """Write the pid atomically: a temp file in the same directory, then rename."""
+    """Write the pid atomically: a new temp file in the same directory, then rename.
+
+    The temp name is random and created with O_EXCL|O_NOFOLLOW: the directory may be shared
+    (/tmp), and a planted symlink at a predictable name would make root write through it.
+    rename() replaces whatever is at path (a symlink included) without following it.
+    """
     path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+    directory, base = os.path.split(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        for _ in range(16):
+            tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(17, "file exists")
         try:
             os.write(fd, str(pid).encode())
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     except OSError as e:
         raise PyoukiError(f"failed to write pid file {path}: {(e.strerror or '').lower()}") from None
 
