@@ -88,6 +88,12 @@ def test_stop_reset_get_unit_messages() -> None:
     assert (fields(sub)["member"], fields(sub)["signature"], sub.body) == ("Subscribe", None, ())
 
 
+def test_attach_processes_to_unit_message() -> None:
+    msg = roundtrip(messages.attach_processes_to_unit("x.scope", "", [42, 43]))
+    assert (fields(msg)["member"], fields(msg)["signature"]) == ("AttachProcessesToUnit", "ssau")
+    assert msg.body == ("x.scope", "", [42, 43])
+
+
 def test_set_unit_properties_message() -> None:
     msg = roundtrip(messages.set_unit_properties("x.scope", {"MemoryMax": -1, "TasksMax": 10}, runtime=True))
     assert fields(msg)["signature"] == "sba(sv)"

@@ -316,6 +316,15 @@ def read_procs(directory: str) -> list[int]:
         return []
 
 
+def enter(directory: str, pid: int) -> None:
+    """Write pid into directory's cgroup.procs; a one-line PyoukiError naming both on failure."""
+    try:
+        write_file(directory, "cgroup.procs", pid, "linux.cgroupsPath")
+    except ConfigError as e:
+        why = str(e).split(": ")[-1]
+        raise PyoukiError(f"failed to add pid {pid} to cgroup {directory}: {why}") from None
+
+
 def walk_dirs(top: str) -> Iterator[str]:
     """A cgroup directory and all its descendants, parents first.
 
