@@ -256,6 +256,9 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             if hooks_pending and init_pid:
                 hooks_pending = False
                 _run_create_hooks(config, opts, bundle, init_pid, down_w)
+        pids = ((config.get("linux") or {}).get("resources") or {}).get("pids")
+        if cgroup is not None and pids:
+            cgroup.set_resources({"pids": pids})  # the intermediate is reaped: init is alone
         if console_parent is not None:
             from pyouki.console import receive_master
 
@@ -307,6 +310,9 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
                 resources.pop("devices", None)
             else:
                 resources["devices"] = device_rules(linux)
+            # the pids limit comes once init is alone in the cgroup (_spawn): a limit of 1 (or 0)
+            # must not keep this intermediate from forking init, as in runc
+            resources.pop("pids", None)
             cgroup.set_resources(resources)
         if plan.new_userns:
             linux = plan.config.get("linux") or {}

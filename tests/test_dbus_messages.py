@@ -219,9 +219,10 @@ def test_resources_unlimited_and_zero() -> None:
     assert resources_to_properties(unlimited) == {
         "MemoryMax": INFINITY, "MemorySwapMax": INFINITY, "TasksMax": INFINITY,
         "CPUQuotaPerSecUSec": INFINITY}
-    # 0 is "unset" except for pids.limit, where the spec says 0 is a real limit.
+    # 0 is "unset" except for pids.limit, where the spec says 0 is a real limit: 1, as systemd
+    # refuses 0 and the cgroupfs drivers write it (runc does the same)
     assert resources_to_properties({"memory": {"limit": 0}, "cpu": {"shares": 0}, "pids": {"limit": 0}}) == {
-        "TasksMax": 0}
+        "TasksMax": 1}
     assert resources_to_properties({}) == {}
     nothing = {"memory": {"disableOOMKiller": False, "swappiness": None}, "devices": []}
     assert resources_to_properties(nothing) == {}

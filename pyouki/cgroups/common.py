@@ -316,6 +316,14 @@ def read_procs(directory: str) -> list[int]:
         return []
 
 
+def pids_max(limit: int) -> int | str:
+    """pids.max for linux.resources.pids.limit, the same in every driver: negative is "max"; 0 is a
+    real limit (the spec), written as 1 because systemd refuses TasksMax=0 (as runc does)."""
+    if limit < 0:
+        return "max"
+    return max(limit, 1)
+
+
 def enter(directory: str, pid: int) -> None:
     """Write pid into directory's cgroup.procs; a one-line PyoukiError naming both on failure."""
     try:

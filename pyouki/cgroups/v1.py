@@ -344,7 +344,7 @@ class V1Manager:
         if limit is None:
             return
         d = self._dir("pids", f)
-        c.write_file(d, "pids.max", limit if limit > 0 else "max", f"{f}.limit")
+        c.write_file(d, "pids.max", c.pids_max(limit), f"{f}.limit")
 
     def _set_blkio(self, bio: dict, f: str) -> None:
         weight = c.field_int(bio, "weight", f, signed=False)

@@ -171,7 +171,7 @@ class V2Manager:
         if resources.get("pids"):
             limit = c.field_int(resources["pids"], "limit", f"{field}.pids")
             if limit is not None:
-                self._write("pids.max", limit if limit > 0 else "max", f"{field}.pids.limit")
+                self._write("pids.max", c.pids_max(limit), f"{field}.pids.limit")
         if resources.get("blockIO"):
             self._set_io(resources["blockIO"], f"{field}.blockIO")
         if resources.get("hugepageLimits"):

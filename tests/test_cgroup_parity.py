@@ -1,0 +1,35 @@
+"""runc parity for cgroups and a few config fields (issue 9, section C): pids.limit 0, a frozen
+cgroupsPath, the cgroup namespace of `spec`, unknown capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import Bundle, Runner
+
+V1_PIDS = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.mark.parametrize("mode", ["root"])
+@pytest.mark.parametrize(("limit", "expected"), [(0, "1"), (1, "1"), (7, "7"), (-1, "max")])
+def test_pids_limit_same_in_every_driver(runner: Runner, bundle: Bundle, limit: int, expected: str,
+                                         xfail_runc: Callable[[str], None]) -> None:
+    """0 is a real limit (the spec), written as 1 by the cgroupfs drivers and as TasksMax=1 by
+    the systemd one (which refuses 0), as runc 1.2 does; the systemd side is unit-tested in
+    test_dbus_messages. A limit of 1 (or 0) still lets the container start: the limit is
+    written once init is alone in its cgroup (it kept the intermediate from forking init)."""
+    if not V1_PIDS.is_dir():
+        pytest.skip("needs the cgroup v1 pids hierarchy")
+    if limit == 0:
+        xfail_runc("runc 1.1.5 leaves a 0 limit unset")
+    cid = runner.new_id("pids")
+    bundle.linux["cgroupsPath"] = f"/pyt-pids-{cid}"
+    bundle.linux["resources"] = {"pids": {"limit": limit}}
+    bundle.set_args("sleep", "100")
+    runner.create(cid, bundle).ok()
+    runner.start(cid).ok()
+    assert runner.status(cid) == "running"
+    assert (V1_PIDS / f"pyt-pids-{cid}" / "pids.max").read_text().strip() == expected
+    runner.delete(cid, "--force").ok()
