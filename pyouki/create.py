@@ -72,8 +72,11 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             from pyouki.cgroups import make_manager
 
             linux = config.get("linux") or {}
-            cgroup = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
-                                  systemd=opts.systemd_cgroup)
+            mgr = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
+                               systemd=opts.systemd_cgroup)
+            if mgr is not None:
+                _refuse_frozen(mgr)  # before it is ours to remove: it existed before this create
+            cgroup = mgr
         fifo = os.path.join(container.dir, FIFO_FILE)
         os.mkfifo(fifo, 0o600)
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
@@ -130,6 +133,18 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         container.unlock()
     log.debug(f"container {opts.id} created with init pid {init_pid}")
     return container
+
+
+def _refuse_frozen(cgroup: CgroupManager) -> None:
+    """An existing frozen cgroupsPath would freeze the container's first process and hang create
+    (and `run`) for ever: refuse it, as runc does."""
+    try:
+        frozen = cgroup.state() == "frozen"
+    except PyoukiError:
+        return  # nothing to read yet (a systemd unit is only started with the container)
+    if frozen:
+        raise PyoukiError("linux.cgroupsPath: the container's cgroup exists and is frozen (container's cgroup "
+                          "unexpectedly frozen): thaw it or choose another")
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import Bundle, Runner
+from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly
 
 V1_PIDS = Path("/sys/fs/cgroup/pids")
+V1_FREEZER = Path("/sys/fs/cgroup/freezer")
 
 
 @pytest.mark.parametrize("mode", ["root"])
@@ -33,3 +34,32 @@ def test_pids_limit_same_in_every_driver(runner: Runner, bundle: Bundle, limit: 
     assert runner.status(cid) == "running"
     assert (V1_PIDS / f"pyt-pids-{cid}" / "pids.max").read_text().strip() == expected
     runner.delete(cid, "--force").ok()
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_frozen_cgroup_refused(runner: Runner, bundle: Bundle, runtime: RuntimeInfo) -> None:
+    """A cgroupsPath that exists and is frozen: `run` hung for ever (its first process frozen);
+    refused, as runc does, and the cgroup (not pyouki's) is left as it was."""
+    if not V1_FREEZER.is_dir():
+        pytest.skip("needs the cgroup v1 freezer hierarchy")
+    cid = runner.new_id("frozen")
+    name = f"pyt-frozen-{cid}"
+    frozen = V1_FREEZER / name
+    frozen.mkdir()
+    try:
+        (frozen / "freezer.state").write_text("FROZEN")
+        bundle.linux["cgroupsPath"] = f"/{name}"
+        bundle.set_args("true")
+        res = runner.run(cid, bundle, timeout=30)
+        assert_failed_cleanly(runtime, res, "linux.cgroupsPath", "frozen")
+        assert runner.state_entries() == []
+        assert runner.leftover_pids() == []
+        if runtime.is_pyouki:
+            assert (frozen / "freezer.state").read_text().strip() == "FROZEN"
+            assert not (V1_PIDS / name).exists()  # nothing made in the other hierarchies
+    finally:
+        if frozen.exists():
+            (frozen / "freezer.state").write_text("THAWED")
+        runner.cleanup()
+        for d in Path("/sys/fs/cgroup").glob(f"*/{name}"):
+            d.rmdir()
