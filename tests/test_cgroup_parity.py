@@ -3,6 +3,8 @@ cgroupsPath, the cgroup namespace of `spec`, unknown capabilities."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,3 +65,20 @@ def test_frozen_cgroup_refused(runner: Runner, bundle: Bundle, runtime: RuntimeI
         runner.cleanup()
         for d in Path("/sys/fs/cgroup").glob(f"*/{name}"):
             d.rmdir()
+
+
+@pytest.mark.parametrize("mode", ["root", "rootless"])
+def test_spec_adds_a_cgroup_namespace_only_on_cgroup_v2(runner: Runner) -> None:
+    """As runc: on a v1 (or hybrid) host a cgroup namespace isolates nothing and showed the host's
+    hierarchies; on a unified host it is there, rootless too."""
+    from pyouki.cgroups import detect_mode
+
+    d = runner.workdir / "spec"
+    d.mkdir()
+    if runner.owner:
+        os.chown(d, *runner.owner)
+    args = ["spec", "--rootless"] if runner.rootless else ["spec"]
+    runner.cmd(*args, root=None, cwd=d).ok()
+    namespaces = [ns["type"] for ns in json.loads((d / "config.json").read_text())["linux"]["namespaces"]]
+    assert ("cgroup" in namespaces) is (detect_mode() == "unified")
+    assert ("network" in namespaces) is (not runner.rootless)
