@@ -158,11 +158,11 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         _expect(rl.get("hard"), int, f"{field}.hard")
     caps = _optional(process, "capabilities", dict, "process", {})
     if caps:
-        from pyouki.caps import cap_number
+        from pyouki.caps import known_cap
 
         for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
             for i, name in enumerate(_optional(caps, key, list, "process.capabilities", [])):
-                cap_number(name, f"process.capabilities.{key}[{i}]")
+                known_cap(name, f"process.capabilities.{key}[{i}]")  # unknown ones: a warning, later
     _optional(process, "noNewPrivileges", bool, "process")
     oom = _optional(process, "oomScoreAdj", int, "process")
     if oom is not None and not -1000 <= oom <= 1000:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly
+from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly, proc_status_field, read_json_log
 
 V1_PIDS = Path("/sys/fs/cgroup/pids")
 V1_FREEZER = Path("/sys/fs/cgroup/freezer")
@@ -82,3 +82,26 @@ def test_spec_adds_a_cgroup_namespace_only_on_cgroup_v2(runner: Runner) -> None:
     namespaces = [ns["type"] for ns in json.loads((d / "config.json").read_text())["linux"]["namespaces"]]
     assert ("cgroup" in namespaces) is (detect_mode() == "unified")
     assert ("network" in namespaces) is (not runner.rootless)
+
+
+def test_unknown_capabilities_warn_and_continue(runner: Runner, bundle: Bundle) -> None:
+    """The runtime spec: unknown capabilities SHOULD NOT fail the container, and SHOULD be logged;
+    runc warns "ignoring unknown or unavailable capabilities" (create failed here). The known
+    ones still apply; exec --cap with an unknown one behaves the same."""
+    caps = bundle.process["capabilities"]
+    for key in ("bounding", "effective", "permitted"):
+        caps[key] = [*caps.get(key, []), "CAP_NOT_A_CAP"]
+    caps["ambient"] = ["CAP_ALSO_NOT"]
+    bundle.set_args("sleep", "100")
+    logf = runner.rundir / "log.json"  # the user must be able to write it
+    cid = runner.new_id("caps")
+    runner.cmd("--log", str(logf), "--log-format", "json", "create", "--bundle", str(bundle.path), cid).ok()
+    runner.start(cid).ok()
+    pid = int(runner.state(cid)["pid"])
+    bnd = int(proc_status_field(pid, "CapBnd") or "0", 16)
+    assert bnd == (1 << 5) | (1 << 10) | (1 << 29)  # KILL, NET_BIND_SERVICE, AUDIT_WRITE from the spec
+    res = runner.cmd("--log", str(logf), "--log-format", "json", "exec", "--cap", "CAP_BOGUS", cid, "true")
+    assert res.returncode == 0, res
+    warnings = [e["msg"] for e in read_json_log(logf) if e["level"] in ("warning", "warn")]
+    assert "ignoring unknown or unavailable capabilities: [CAP_ALSO_NOT CAP_NOT_A_CAP]" in warnings, warnings
+    assert any("CAP_BOGUS" in w for w in warnings), warnings
