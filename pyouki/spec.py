@@ -67,12 +67,13 @@ def _cgroup_v2_host() -> bool:
 
 
 def make_rootless(spec: dict, uid: int, gid: int) -> None:
-    """What runc's `spec --rootless` changes: own ids mapped to 0, no network namespace (the
-    cgroup one stays, on v2 hosts), /sys bound from the host, no gid= on devpts, no device rules."""
+    """What runc's `spec --rootless` changes: own ids mapped to 0, no network namespace, /sys bound
+    from the host, no gid= on devpts, no device cgroup rules. Unlike runc, no cgroup namespace on
+    v2 hosts either: cgroup2 cannot be mounted in it there (EBUSY in the nspawn tier)."""
     linux = spec["linux"]
     linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
     linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]
-    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "network"]
+    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] not in ("network", "cgroup")]
     linux["namespaces"].append({"type": "user"})
     linux.pop("resources", None)
     mounts = []
