@@ -143,8 +143,7 @@ def _refuse_frozen(cgroup: CgroupManager) -> None:
     except PyoukiError:
         return  # nothing to read yet (a systemd unit is only started with the container)
     if frozen:
-        raise PyoukiError("linux.cgroupsPath: the container's cgroup exists and is frozen (container's cgroup "
-                          "unexpectedly frozen): thaw it or choose another")
+        raise PyoukiError("linux.cgroupsPath: the container's cgroup exists and is frozen: thaw it or choose another")
 
 
 def write_pid_file(path: str, pid: int) -> None:
