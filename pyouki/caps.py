@@ -25,8 +25,9 @@ def last_cap() -> int:
         return len(CAPABILITIES) - 1
 
 
-def cap_number(name: str, field: str) -> int:
-    """The number of a capability name such as CAP_KILL (or KILL), or a ConfigError naming field."""
+def known_cap(name: str, field: str) -> int | None:
+    """The number of a capability name such as CAP_KILL (or KILL), None when pyouki does not know
+    it; a ConfigError naming field when it is not a string."""
     if not isinstance(name, str):
         raise ConfigError(field, "must be a string")
     upper = name.upper()
@@ -35,11 +36,23 @@ def cap_number(name: str, field: str) -> int:
     try:
         return CAPABILITIES.index(upper)
     except ValueError:
-        raise ConfigError(field, f"unknown capability {name!r}") from None
+        return None
+
+
+def cap_number(name: str, field: str) -> int:
+    """The number of a capability name, or a ConfigError naming field."""
+    number = known_cap(name, field)
+    if number is None:
+        raise ConfigError(field, f"unknown capability {name!r}")
+    return number
 
 
 class CapabilitySets:
-    """The five sets resolved to numbers, limited to what this kernel supports (like runc)."""
+    """The five sets resolved to numbers, limited to what this kernel supports.
+
+    Unknown names and capabilities this kernel lacks are left out with one warning, as runc does
+    (the runtime spec: a runtime SHOULD NOT fail on them, and SHOULD log a warning).
+    """
 
     def __init__(self, caps: dict | None) -> None:
         # an empty object (podman's --cap-drop all) means no capabilities at all, bounding set
@@ -48,9 +61,17 @@ class CapabilitySets:
         caps = caps or {}
         top = last_cap()
 
+        ignored: set[str] = set()
+
         def numbers(key: str) -> list[int]:
-            nums = [cap_number(n, f"process.capabilities.{key}[{i}]") for i, n in enumerate(caps.get(key) or [])]
-            return sorted({n for n in nums if n <= top})
+            nums = set()
+            for i, name in enumerate(caps.get(key) or []):
+                n = known_cap(name, f"process.capabilities.{key}[{i}]")
+                if n is None or n > top:
+                    ignored.add(name)
+                else:
+                    nums.add(n)
+            return sorted(nums)
 
         self.bounding = numbers("bounding")
         self.effective = numbers("effective")
@@ -58,6 +79,10 @@ class CapabilitySets:
         self.inheritable = numbers("inheritable")
         self.ambient = numbers("ambient")
         self.all = list(range(top + 1))
+        if ignored:
+            from pyouki import log
+
+            log.warning(f"ignoring unknown or unavailable capabilities: [{' '.join(sorted(ignored))}]")
 
     def drop_bounding(self) -> None:
         """Drop every capability not in the bounding set (needs CAP_SETPCAP, so do it first)."""

@@ -158,11 +158,11 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         _expect(rl.get("hard"), int, f"{field}.hard")
     caps = _optional(process, "capabilities", dict, "process", {})
     if caps:
-        from pyouki.caps import cap_number
+        from pyouki.caps import known_cap
 
         for key in ("bounding", "effective", "inheritable", "permitted", "ambient"):
             for i, name in enumerate(_optional(caps, key, list, "process.capabilities", [])):
-                cap_number(name, f"process.capabilities.{key}[{i}]")
+                known_cap(name, f"process.capabilities.{key}[{i}]")  # unknown ones: a warning, later
     _optional(process, "noNewPrivileges", bool, "process")
     oom = _optional(process, "oomScoreAdj", int, "process")
     if oom is not None and not -1000 <= oom <= 1000:
@@ -213,6 +213,7 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
             _expect(p, str, f"linux.{key}[{i}]")
     for key, value in _optional(linux, "sysctl", dict, "linux", {}).items():
         _expect(value, str, f"linux.sysctl.{key}")
+        check_sysctl(key, nss)
     prop = _optional(linux, "rootfsPropagation", str, "linux")
     if prop is not None and prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared",
                                          "unbindable", "runbindable", ""):
@@ -227,6 +228,73 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
 
         validate_seccomp(seccomp, "linux.seccomp")
     return rootfs
+
+
+# The ipc namespace's sysctls (ipc/ipc_sysctl.c), besides the fs.mqueue.* tree (ipc/mq_sysctl.c).
+IPC_SYSCTLS = frozenset((
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.msg_next_id",
+    "kernel.sem", "kernel.sem_next_id",
+    "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.shm_next_id",
+))
+
+
+def sysctl_namespace(key: str) -> str | None:
+    """The namespace that owns sysctl `key` ("ipc", "network", "uts"), or None when it is global.
+
+    `key` is in sysctl(8)'s dotted form; the slash form ("net/ipv4/ip_forward") is accepted too,
+    as runc does (a "." inside a slash-form component, e.g. an interface name, is kept).
+    """
+    first = min((i for i in (key.find("."), key.find("/")) if i >= 0), default=-1)
+    if first >= 0 and key[first] == "/":
+        key = key.translate(str.maketrans("./", "/."))
+    if key in IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return "ipc"
+    if key.startswith("net."):
+        return "network"
+    if key in ("kernel.hostname", "kernel.domainname"):
+        return "uts"
+    return None
+
+
+def check_sysctl(key: str, nss: dict[str, str | None]) -> None:
+    """Refuse a linux.sysctl key that would be written outside the container's own namespaces.
+
+    /proc/sys is only partly namespaced: a global key (kernel.core_pattern) or a namespaced key
+    without the container's own namespace of that kind would change the host, as runc's
+    validator refuses. A namespace joined by path must not be the runtime's own or init's.
+    """
+    field = f"linux.sysctl.{key}"
+    parts = key.replace("/", ".").split(".")
+    if "\0" in key or len(parts) < 2 or any(not p for p in parts):
+        raise ConfigError(field, "not a valid sysctl name")
+    kind = sysctl_namespace(key)
+    if kind is None:
+        raise ConfigError(field, "not in a separate kernel namespace: it would be set for the whole host")
+    if kind not in nss:
+        raise ConfigError(field, f"needs the container's own {kind} namespace, and linux.namespaces has none: "
+                                 f"it would be set in the host's")
+    if kind == "uts" and key.replace("/", ".") == "kernel.hostname":
+        raise ConfigError(field, "conflicts with the hostname field: set hostname instead")
+    path = nss[kind]
+    if path is not None and _is_host_namespace(kind, path):
+        raise ConfigError(field, f"the {kind} namespace joined at {path} is the host's: it would be set there")
+
+
+def _is_host_namespace(kind: str, path: str) -> bool:
+    """True when the namespace file at path is this process's or init's namespace of that kind."""
+    name = {"network": "net"}.get(kind, kind)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False  # joining it fails later, naming the path
+    for own in (f"/proc/self/ns/{name}", f"/proc/1/ns/{name}"):
+        try:
+            o = os.stat(own)
+        except OSError:
+            continue
+        if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 def _in_userns_already() -> bool:

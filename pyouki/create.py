@@ -72,8 +72,11 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             from pyouki.cgroups import make_manager
 
             linux = config.get("linux") or {}
-            cgroup = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
-                                  systemd=opts.systemd_cgroup)
+            mgr = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
+                               systemd=opts.systemd_cgroup)
+            if mgr is not None:
+                _refuse_frozen(mgr)  # before it is ours to remove: it existed before this create
+            cgroup = mgr
         fifo = os.path.join(container.dir, FIFO_FILE)
         os.mkfifo(fifo, 0o600)
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
@@ -132,17 +135,48 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
     return container
 
 
-def write_pid_file(path: str, pid: int) -> None:
-    """Write the pid atomically: a temp file in the same directory, then rename."""
-    path = os.path.abspath(path)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+def _refuse_frozen(cgroup: CgroupManager) -> None:
+    """An existing frozen cgroupsPath would freeze the container's first process and hang create
+    (and `run`) for ever: refuse it, as runc does."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        frozen = cgroup.state() == "frozen"
+    except PyoukiError:
+        return  # nothing to read yet (a systemd unit is only started with the container)
+    if frozen:
+        raise PyoukiError("linux.cgroupsPath: the container's cgroup exists and is frozen: thaw it or choose another")
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """Write the pid atomically: a new temp file in the same directory, then rename.
+
+    The temp name is random and created with O_EXCL|O_NOFOLLOW: the directory may be shared
+    (/tmp), and a planted symlink at a predictable name would make root write through it.
+    rename() replaces whatever is at path (a symlink included) without following it.
+    """
+    path = os.path.abspath(path)
+    directory, base = os.path.split(path)
+    try:
+        for _ in range(16):
+            tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(17, "file exists")
         try:
             os.write(fd, str(pid).encode())
         finally:
             os.close(fd)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     except OSError as e:
         raise PyoukiError(f"failed to write pid file {path}: {(e.strerror or '').lower()}") from None
 
@@ -236,6 +270,9 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             if hooks_pending and init_pid:
                 hooks_pending = False
                 _run_create_hooks(config, opts, bundle, init_pid, down_w)
+        pids = ((config.get("linux") or {}).get("resources") or {}).get("pids")
+        if cgroup is not None and pids:
+            cgroup.set_resources({"pids": pids})  # the intermediate is reaped: init is alone
         if console_parent is not None:
             from pyouki.console import receive_master
 
@@ -277,7 +314,7 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
     try:
         if cgroup is not None:
             cgroup.apply(pid)
-            from pyouki.rootfs import device_rules
+            from pyouki.cgroups.devices import device_rules
 
             linux = plan.config.get("linux") or {}
             resources = dict(linux.get("resources") or {})
@@ -287,6 +324,9 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
                 resources.pop("devices", None)
             else:
                 resources["devices"] = device_rules(linux)
+            # the pids limit comes once init is alone in the cgroup (_spawn): a limit of 1 (or 0)
+            # must not keep this intermediate from forking init, as in runc
+            resources.pop("pids", None)
             cgroup.set_resources(resources)
         if plan.new_userns:
             linux = plan.config.get("linux") or {}

@@ -199,7 +199,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     try:
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
-            cgroup.apply(pid)
+            cgroup.add_task(pid)
         down_w.send("go")
         while True:
             verb, arg = up.receive()

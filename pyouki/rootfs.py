@@ -37,29 +37,12 @@ DEFAULT_DEVICES = (
     ("/dev/urandom", "c", 1, 9, 0o666),
     ("/dev/tty", "c", 5, 0, 0o666),
 )
-# what runc always allows in the device cgroup on top of the config's rules
-DEFAULT_DEVICE_RULES = tuple(
-    {"allow": True, "type": t, "major": ma, "minor": mi, "access": "rwm"}
-    for t, ma, mi in (("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9), ("c", 5, 0),
-                      ("c", 5, 1), ("c", 5, 2), ("c", 136, -1), ("c", 10, 200))
-)
 DEV_LINKS = (
     ("/proc/self/fd", "/dev/fd"),
     ("/proc/self/fd/0", "/dev/stdin"),
     ("/proc/self/fd/1", "/dev/stdout"),
     ("/proc/self/fd/2", "/dev/stderr"),
 )
-
-
-def device_rules(linux: dict) -> list[dict]:
-    """linux.resources.devices plus the defaults runc allows and a rule for each linux.devices entry."""
-    rules = list(((linux.get("resources") or {}).get("devices")) or [])
-    rules += [dict(r) for r in DEFAULT_DEVICE_RULES]
-    for d in linux.get("devices") or []:
-        if d.get("type") in ("c", "b"):
-            rules.append({"allow": True, "type": d["type"], "major": d.get("major", 0), "minor": d.get("minor", 0),
-                          "access": "rwm"})
-    return rules
 
 
 def prepare(rootfs: str, propagation: str | None) -> int:

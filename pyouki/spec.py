@@ -46,19 +46,30 @@ def default_spec(rootless: bool = False) -> dict:
         ],
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")],
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
             "maskedPaths": list(_MASKED),
             "readonlyPaths": list(_READONLY),
         },
     }
+    if _cgroup_v2_host():
+        # runc adds it only where it isolates something: on cgroup v1 a cgroup namespace would
+        # show the host's hierarchies (and their release_agent) at /sys/fs/cgroup
+        spec["linux"]["namespaces"].append({"type": "cgroup"})
     if rootless:
         make_rootless(spec, os.geteuid(), os.getegid())
     return spec
 
 
+def _cgroup_v2_host() -> bool:
+    from pyouki.cgroups import detect_mode
+
+    return detect_mode() == "unified"
+
+
 def make_rootless(spec: dict, uid: int, gid: int) -> None:
-    """What runc's `spec --rootless` changes: own ids mapped to 0, no network or cgroup namespace,
-    /sys bound from the host, no gid= on devpts, no device cgroup rules."""
+    """What runc's `spec --rootless` changes: own ids mapped to 0, no network namespace, /sys bound
+    from the host, no gid= on devpts, no device cgroup rules. Unlike runc, no cgroup namespace on
+    v2 hosts either: cgroup2 cannot be mounted in it there (EBUSY in the nspawn tier)."""
     linux = spec["linux"]
     linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": 1}]
     linux["gidMappings"] = [{"containerID": 0, "hostID": gid, "size": 1}]

@@ -80,7 +80,11 @@ def _usable_dir(path: str) -> bool:
 
 
 def ensure_root(root: str) -> str:
-    """Create the state root if needed: private (0700) and owned by the caller."""
+    """Create the state root if needed (0700) and check it is the caller's.
+
+    An existing directory keeps its mode: `--root /tmp` must not lock everyone out of /tmp. Each
+    container's own directory is 0700, which is what keeps the records private.
+    """
     root = os.path.abspath(root)
     try:
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -89,8 +93,6 @@ def ensure_root(root: str) -> str:
         raise PyoukiError(f"failed to create state directory {root}: {_reason(e)}") from None
     if st.st_uid != os.geteuid():
         raise PyoukiError(f"state directory {root} is owned by uid {st.st_uid}, not by the caller")
-    if st.st_mode & 0o077:
-        os.chmod(root, 0o700)
     return root
 
 

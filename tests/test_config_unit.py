@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pyouki.config import parse_json
-from pyouki.errors import PyoukiError
+from pyouki.config import check_sysctl, parse_json, sysctl_namespace
+from pyouki.errors import ConfigError, PyoukiError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
 
@@ -41,3 +41,21 @@ def test_parse_json_errors_name_the_file_and_place(text: str, fragment: str) -> 
     assert message.startswith("failed to parse /b/config.json: ")
     assert fragment in message.lower()
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("key", "kind"), [
+    ("net.ipv4.ip_forward", "network"), ("net/ipv4/ip_forward", "network"),
+    ("net/ipv4/conf/eth0.100/rp_filter", "network"),  # slash form: the "." belongs to the interface
+    ("kernel.shmmax", "ipc"), ("kernel.msg_next_id", "ipc"), ("fs.mqueue.msg_max", "ipc"),
+    ("kernel.domainname", "uts"), ("kernel/hostname", "uts"),
+    ("kernel.core_pattern", None), ("kernel.shmmaxx", None), ("vm.swappiness", None), ("fs.file-max", None),
+])
+def test_sysctl_namespace(key: str, kind: str | None) -> None:
+    assert sysctl_namespace(key) == kind
+
+
+@pytest.mark.parametrize("key", ["net..ipv4", "net.", ".net.x", "net/../kernel/core_pattern", "net", "net.a\0b"])
+def test_malformed_sysctl_names_refused(key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_sysctl(key, {"network": None})
+    assert str(info.value) == f"linux.sysctl.{key}: not a valid sysctl name"

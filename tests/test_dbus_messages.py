@@ -88,6 +88,12 @@ def test_stop_reset_get_unit_messages() -> None:
     assert (fields(sub)["member"], fields(sub)["signature"], sub.body) == ("Subscribe", None, ())
 
 
+def test_attach_processes_to_unit_message() -> None:
+    msg = roundtrip(messages.attach_processes_to_unit("x.scope", "", [42, 43]))
+    assert (fields(msg)["member"], fields(msg)["signature"]) == ("AttachProcessesToUnit", "ssau")
+    assert msg.body == ("x.scope", "", [42, 43])
+
+
 def test_set_unit_properties_message() -> None:
     msg = roundtrip(messages.set_unit_properties("x.scope", {"MemoryMax": -1, "TasksMax": 10}, runtime=True))
     assert fields(msg)["signature"] == "sba(sv)"
@@ -213,9 +219,10 @@ def test_resources_unlimited_and_zero() -> None:
     assert resources_to_properties(unlimited) == {
         "MemoryMax": INFINITY, "MemorySwapMax": INFINITY, "TasksMax": INFINITY,
         "CPUQuotaPerSecUSec": INFINITY}
-    # 0 is "unset" except for pids.limit, where the spec says 0 is a real limit.
+    # 0 is "unset" except for pids.limit, where the spec says 0 is a real limit: 1, as systemd
+    # refuses 0 and the cgroupfs drivers write it (runc does the same)
     assert resources_to_properties({"memory": {"limit": 0}, "cpu": {"shares": 0}, "pids": {"limit": 0}}) == {
-        "TasksMax": 0}
+        "TasksMax": 1}
     assert resources_to_properties({}) == {}
     nothing = {"memory": {"disableOOMKiller": False, "swappiness": None}, "devices": []}
     assert resources_to_properties(nothing) == {}

@@ -71,6 +71,12 @@ def test_user_manager_gives_a_delegated_scope(facts: dict[str, Any]) -> None:
     assert f["proc_cgroup"] == created["ControlGroup"]
     assert f["paused"] == "paused" and f["pause_rc"] == 0 and f["resume_rc"] == 0
     assert f["deleted"] == {"exists": False}
+    # reloaded from the record, the automatic scope stays lenient (its failures are warnings)
+    assert f["record"]["lenient"] == f"systemd user scope {unit}"
+    # exec joins the scope instead of starting it again (UnitExists)
+    assert f["exec"] == {"rc": 0, "stderr": ""} and f["exec_fg"] == {"rc": 0, "stderr": ""}
+    assert f["exec_cgroup"] == created["ControlGroup"]
+    assert f["ps"] == sorted([f["pid"], f["exec_pid"]])
     assert any(m.startswith("rootless: using the systemd user manager at unix:path=") for m in f["log"])
 
 
@@ -100,8 +106,10 @@ def test_delegated_own_cgroup_gets_a_child(facts: dict[str, Any]) -> None:
     assert own.startswith(f"{USER_SERVICE}/app.slice/run-") and own.endswith(".scope")
     assert f["own_owner"] == TEST_UID
     assert f["record"] == {"driver": "cgroupfs-v2", "path": f"/sys/fs/cgroup{own}/{f['id']}",
-                           "mountpoint": "/sys/fs/cgroup"}
+                           "mountpoint": "/sys/fs/cgroup", "lenient": f"cgroup /sys/fs/cgroup{own}/{f['id']}"}
     assert f["proc_cgroup"] == f"{own}/{f['id']}"
+    assert f["exec"] == {"rc": 0, "stderr": ""}
+    assert f["exec_cgroup"] == f"{own}/{f['id']}"
     # the cgroup is real: pause freezes through it
     assert f["paused"] == "paused" and f["pause_rc"] == 0 and f["resume_rc"] == 0
     # only the caller is left in the scope: pyouki moved nobody else

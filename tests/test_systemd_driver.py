@@ -298,6 +298,19 @@ def test_freeze_and_thaw_through_the_scope(facts: dict[str, Any], mode: str, run
     assert f["thawed"] == "thawed"
 
 
+@pytest.mark.parametrize(("mode", "run"), [*RUNS, ("rootful", "slice")])
+def test_exec_ps_pause_join_the_existing_unit(facts: dict[str, Any], mode: str, run: str) -> None:
+    """exec started the container's unit again (StartTransientUnit: UnitExists) and failed; it
+    now only adds its process to the unit's cgroup (rootless: through systemd when the caller
+    may not move it there itself)."""
+    f = facts[mode][run]
+    assert f["exec"] == {"rc": 0, "stderr": ""}
+    assert f["exec_fg"] == {"rc": 0, "stderr": ""}
+    assert f["exec_cgroup"] == f["created"]["ControlGroup"]
+    assert f["ps"] == sorted([f["pid"], f["exec_pid"]])
+    assert (f["pause_rc"], f["paused"], f["resume_rc"], f["resumed"]) == (0, "paused", 0, "running")
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
 def test_delete_removes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
     f = facts[mode][run]

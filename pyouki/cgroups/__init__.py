@@ -44,6 +44,10 @@ def manager_from_state(d: dict | None) -> CgroupManager | None:
     """
     if not d:
         return None
+    if d.get("lenient"):
+        # a cgroup pyouki chose by itself for a rootless container: its failures stay warnings
+        inner = manager_from_state({k: v for k, v in d.items() if k != "lenient"})
+        return _Lenient(inner, str(d["lenient"])) if inner is not None else None
     driver = d.get("driver")
     if driver == "cgroupfs-v1":
         from pyouki.cgroups.v1 import V1Manager
@@ -257,6 +261,16 @@ class _Lenient:
             except PyoukiError as e2:
                 _debug(f"rootless: removing {self.what}: {e2}")
 
+    def add_task(self, pid: int) -> None:
+        """Move pid (an exec'd process) into the cgroup; on failure it stays outside, as runc does
+        for rootless containers."""
+        if self.inner is None:
+            return
+        try:
+            self.inner.add_task(pid)
+        except PyoukiError as e:
+            _warn(f"rootless: the process stays outside {self.what}: {e}")
+
     def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
         """Each resource on its own, so one missing controller costs only its own limits."""
         if self.inner is None:
@@ -301,8 +315,11 @@ class _Lenient:
             self.inner.remove()
 
     def to_state(self) -> dict:
-        """The real driver's state; empty (no cgroup, for manager_from_state) when it was dropped."""
-        return self.inner.to_state() if self.inner is not None else {}
+        """The real driver's state marked lenient (rebuilt as such by manager_from_state); empty
+        (no cgroup) when it was dropped."""
+        if self.inner is None:
+            return {}
+        return dict(self.inner.to_state(), lenient=self.what)
 
 
 def _warn(msg: str) -> None:

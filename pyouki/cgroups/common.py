@@ -316,14 +316,41 @@ def read_procs(directory: str) -> list[int]:
         return []
 
 
+def pids_max(limit: int) -> int | str:
+    """pids.max for linux.resources.pids.limit, the same in every driver: negative is "max"; 0 is a
+    real limit (the spec), written as 1 because systemd refuses TasksMax=0 (as runc does)."""
+    if limit < 0:
+        return "max"
+    return max(limit, 1)
+
+
+def enter(directory: str, pid: int) -> None:
+    """Write pid into directory's cgroup.procs; a one-line PyoukiError naming both on failure."""
+    try:
+        write_file(directory, "cgroup.procs", pid, "linux.cgroupsPath")
+    except ConfigError as e:
+        why = str(e).split(": ")[-1]
+        raise PyoukiError(f"failed to add pid {pid} to cgroup {directory}: {why}") from None
+
+
 def walk_dirs(top: str) -> Iterator[str]:
-    """A cgroup directory and all its descendants, parents first."""
+    """A cgroup directory and all its descendants, parents first.
+
+    Iterative: a container may nest cgroups deeper than Python's recursion limit (os.walk
+    recurses in Python 3.11).
+    """
     if not os.path.isdir(top):
         return
-    yield top
-    for dirpath, dirnames, _ in os.walk(top):
-        for d in dirnames:
-            yield os.path.join(dirpath, d)
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        yield d
+        try:
+            with os.scandir(d) as it:
+                children = [e.path for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # removed meanwhile, or deeper than PATH_MAX: nothing to read there
+        stack.extend(reversed(children))
 
 
 def mkdir_p(path: str, field: str = "linux.cgroupsPath") -> list[str]:
@@ -345,27 +372,73 @@ def mkdir_p(path: str, field: str = "linux.cgroupsPath") -> list[str]:
     return created
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
 def rmdir_tree(path: str) -> None:
     """Remove a cgroup directory and its child cgroups, deepest first; absent is fine.
+
+    Iterative and by directory fds (one open at a time, a stack of names): a container can
+    nest its cgroups deeper than Python's recursion limit, and deeper than PATH_MAX.
+    """
+    try:
+        fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise PyoukiError(f"failed to remove cgroup {path}: {strerror(e)}") from None
+    names: list[str] = []  # from path down to fd's directory
+    try:
+        while True:
+            child = _first_subdir(fd)
+            if child is not None:
+                try:
+                    sub = os.open(child, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    continue  # gone meanwhile
+                except OSError as e:
+                    where = os.path.join(path, *names, child)
+                    raise PyoukiError(f"failed to remove cgroup {where}: {strerror(e)}") from None
+                os.close(fd)
+                fd = sub
+                names.append(child)
+                continue
+            if not names:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            name = names.pop()
+            _rmdir(name, fd, os.path.join(path, *names, name))
+    finally:
+        os.close(fd)
+    _rmdir(path, None, path)
+
+
+def _first_subdir(fd: int) -> str | None:
+    with os.scandir(fd) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                return e.name
+    return None
+
+
+def _rmdir(name: str, dir_fd: int | None, shown: str) -> None:
+    """rmdir one cgroup; absent is fine.
 
     rmdir of a cgroup whose last task just exited can fail with EBUSY for a moment; retry a few
     times with a small back-off (bounded) like runc's RemovePath does.
     """
-    if not os.path.isdir(path):
-        return
-    for entry in os.scandir(path):
-        if entry.is_dir(follow_symlinks=False):
-            rmdir_tree(entry.path)
     delay = 0.001
     for attempt in range(8):
         try:
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=dir_fd)
             return
         except FileNotFoundError:
             return
         except OSError as e:
             if e.errno != errno.EBUSY or attempt == 7:
-                raise PyoukiError(f"failed to remove cgroup {path}: {strerror(e)}") from None
+                raise PyoukiError(f"failed to remove cgroup {shown}: {strerror(e)}") from None
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
 

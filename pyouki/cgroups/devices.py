@@ -12,6 +12,27 @@ import struct
 
 from pyouki.errors import ConfigError
 
+# What runc (1.1's AllowedDevices) always allows after the config's rules: creating any node (a
+# CAP_MKNOD container may mknod; opening stays denied), the default devices, ptys and /dev/net/tun.
+DEFAULT_RULES = tuple(
+    {"allow": True, "type": t, "major": ma, "minor": mi, "access": acc}
+    for t, ma, mi, acc in (("c", -1, -1, "m"), ("b", -1, -1, "m"),
+                           ("c", 1, 3, "rwm"), ("c", 1, 8, "rwm"), ("c", 1, 7, "rwm"), ("c", 5, 0, "rwm"),
+                           ("c", 1, 5, "rwm"), ("c", 1, 9, "rwm"), ("c", 136, -1, "rwm"), ("c", 5, 2, "rwm"),
+                           ("c", 10, 200, "rwm"))
+)
+
+
+def device_rules(linux: dict) -> list[dict]:
+    """The device cgroup's rules: linux.resources.devices, then runc's default allow list.
+
+    linux.devices only creates nodes: it grants no access (an engine that wants a device usable
+    says so in resources.devices, as podman and docker do), so a deny there keeps it unopenable.
+    """
+    rules = list(((linux.get("resources") or {}).get("devices")) or [])
+    return rules + [dict(r) for r in DEFAULT_RULES]
+
+
 # struct bpf_cgroup_dev_ctx { u32 access_type /* (access << 16) | type */; u32 major; u32 minor; }
 DEV_BLOCK, DEV_CHAR = 1, 2
 ACC_MKNOD, ACC_READ, ACC_WRITE = 1, 2, 4

@@ -10,7 +10,10 @@ class CgroupManager(Protocol):
     """One container's cgroup(s): create, fill, limit, freeze, inspect, remove."""
 
     def apply(self, pid: int) -> None:
-        """Create the cgroup(s) and move pid into them."""
+        """Create the cgroup(s) with pid as their first task (create: the container's init)."""
+
+    def add_task(self, pid: int) -> None:
+        """Move pid into the existing cgroup(s), creating nothing (exec joins a running container)."""
 
     def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
         """Write the OCI linux.resources limits; ConfigError naming the JSON path on failure."""

@@ -161,6 +161,24 @@ class SystemdCgroup:
             raise
         _debug(f"container cgroup is {self.unit} ({self.fs.to_state()})")
 
+    def add_task(self, pid: int) -> None:
+        """Move pid into the existing unit's cgroup (exec): never StartTransientUnit again.
+
+        Through cgroupfs first (no D-Bus round trip); where the caller may not move the process
+        there (rootless: the common ancestor of its own cgroup and the scope is root's), systemd
+        attaches it to the delegated scope.
+        """
+        try:
+            self._fs().add_task(pid)
+        except PyoukiError as e:
+            if self.is_slice:
+                raise
+            _debug(f"{e}; asking systemd to attach it to {self.unit}")
+            try:
+                self.systemd().attach_processes(self.unit, [pid])
+            except PyoukiError as e2:
+                raise PyoukiError(f"{e} ({e2})") from None
+
     def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
         """Unit properties through SetUnitProperties, the rest through the unit's cgroup files."""
         if not resources:

@@ -113,11 +113,16 @@ class V1Manager:
         if self.unified:
             c.mkdir_p(self.unified)
         for d in self._dirs() + ([self.unified] if self.unified else []):
-            try:
-                c.write_file(d, "cgroup.procs", pid, "linux.cgroupsPath")
-            except ConfigError as e:
-                why = str(e).split(": ")[-1]
-                raise PyoukiError(f"failed to add pid {pid} to cgroup {d}: {why}") from None
+            c.enter(d, pid)
+
+    def add_task(self, pid: int) -> None:
+        """Move pid into the container's existing cgroups (exec); creates nothing."""
+        main = self._main_dir()
+        if not os.path.isdir(main):
+            raise PyoukiError(f"failed to add pid {pid} to cgroup {main}: the container's cgroup is gone")
+        for d in self._dirs() + ([self.unified] if self.unified else []):
+            if os.path.isdir(d):  # a hierarchy without the container's cgroup is skipped, as runc does
+                c.enter(d, pid)
 
     def remove(self) -> None:
         """rmdir every directory; absent ones are fine; kills nothing."""
@@ -339,7 +344,7 @@ class V1Manager:
         if limit is None:
             return
         d = self._dir("pids", f)
-        c.write_file(d, "pids.max", limit if limit > 0 else "max", f"{f}.limit")
+        c.write_file(d, "pids.max", c.pids_max(limit), f"{f}.limit")
 
     def _set_blkio(self, bio: dict, f: str) -> None:
         weight = c.field_int(bio, "weight", f, signed=False)

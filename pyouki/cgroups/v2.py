@@ -98,11 +98,13 @@ class V2Manager:
     def apply(self, pid: int) -> None:
         """Create the cgroup and move pid into it."""
         self.create()
-        try:
-            c.write_file(self.path, "cgroup.procs", pid, "linux.cgroupsPath")
-        except ConfigError as e:
-            why = str(e).split(": ")[-1]
-            raise PyoukiError(f"failed to add pid {pid} to cgroup {self.path}: {why}") from None
+        c.enter(self.path, pid)
+
+    def add_task(self, pid: int) -> None:
+        """Move pid into the existing cgroup (exec); creates nothing."""
+        if not os.path.isdir(self.path):
+            raise PyoukiError(f"failed to add pid {pid} to cgroup {self.path}: the container's cgroup is gone")
+        c.enter(self.path, pid)
 
     def remove(self) -> None:
         """rmdir the cgroup and its children; absent is fine; kills nothing."""
@@ -169,7 +171,7 @@ class V2Manager:
         if resources.get("pids"):
             limit = c.field_int(resources["pids"], "limit", f"{field}.pids")
             if limit is not None:
-                self._write("pids.max", limit if limit > 0 else "max", f"{field}.pids.limit")
+                self._write("pids.max", c.pids_max(limit), f"{field}.pids.limit")
         if resources.get("blockIO"):
             self._set_io(resources["blockIO"], f"{field}.blockIO")
         if resources.get("hugepageLimits"):

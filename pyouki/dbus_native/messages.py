@@ -99,6 +99,11 @@ def set_unit_properties(name: str, properties: Mapping[str, Any], runtime: bool 
     return _manager_call("SetUnitProperties", "sba(sv)", (name, runtime, typed_properties(properties)))
 
 
+def attach_processes_to_unit(name: str, subcgroup: str, pids: Iterable[int]) -> Message:
+    """``Manager.AttachProcessesToUnit(s name, s subcgroup, au pids)``: move pids into a delegated unit."""
+    return _manager_call("AttachProcessesToUnit", "ssau", (name, subcgroup, [int(p) for p in pids]))
+
+
 def get_unit(name: str) -> Message:
     """``Manager.GetUnit(s name)``: the unit's object path, or a NoSuchUnit error if not loaded."""
     return _manager_call("GetUnit", "s", (name,))

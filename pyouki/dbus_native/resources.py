@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pyouki.cgroups.common import blkio_weight_to_io_weight
+from pyouki.cgroups.common import blkio_weight_to_io_weight, pids_max
 from pyouki.cgroups.common import shares_to_weight as cpu_shares_to_weight
 from pyouki.dbus_native.properties import INFINITY, parse_cpu_list
 
@@ -121,7 +121,8 @@ def resources_to_properties(resources: Mapping[str, Any], skip: Collection[str] 
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None:
         tasks = _int("pids.limit", pids["limit"])
-        props["TasksMax"] = INFINITY if tasks < 0 else tasks
+        value = pids_max(tasks)  # what the cgroupfs drivers write: 0 is a limit of 1
+        props["TasksMax"] = INFINITY if value == "max" else int(value)
 
     cpu = resources.get("cpu") or {}
     shares = _int("cpu.shares", cpu.get("shares") or 0)

@@ -127,6 +127,16 @@ class SystemdManager:
         except DBusError as e:
             raise PyoukiError(f"failed to set properties of {name}: {e.name}: {e.dbus_message}") from None
 
+    def attach_processes(self, name: str, pids: Iterable[int], subcgroup: str = "") -> None:
+        """AttachProcessesToUnit: systemd moves pids into the (delegated) unit's cgroup.
+
+        A user manager that may not move them itself asks the system manager (systemd >= 238).
+        """
+        try:
+            self._call(messages.attach_processes_to_unit(name, subcgroup, pids))
+        except DBusError as e:
+            raise PyoukiError(f"failed to attach processes to {name}: {e.name}: {e.dbus_message}") from None
+
     def stop_unit(self, name: str, mode: str = "replace", timeout: float | None = None) -> bool:
         """StopUnit and wait for its job; return False if the unit was not loaded (already gone)."""
         self.subscribe()

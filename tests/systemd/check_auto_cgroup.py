@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from check_driver import CGROUP_ROOT, make_bundle, proc_cgroup, pyouki, unit_facts
+from check_driver import CGROUP_ROOT, join_verbs, make_bundle, proc_cgroup, pyouki, unit_facts
 
 from pyouki.dbus_native.systemd import SystemdManager
 
@@ -71,9 +71,7 @@ def lifecycle(cid: str, env: dict[str, str], with_unit: bool) -> dict[str, Any]:
         facts["start_rc"] = pyouki("--root", root, "start", cid, env=env).returncode
         facts["status"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
         if record:
-            facts["pause_rc"] = pyouki("--root", root, "pause", cid, env=env).returncode
-            facts["paused"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
-            facts["resume_rc"] = pyouki("--root", root, "resume", cid, env=env).returncode
+            facts.update(join_verbs(root, cid, base, env))
         pyouki("--root", root, "kill", cid, "KILL", env=env)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:

@@ -137,8 +137,31 @@ def update(root: str, cid: str, resources: dict[str, Any], env: dict[str, str]) 
     return "set_resources"
 
 
+def join_verbs(root: str, cid: str, base: str, env: dict[str, str]) -> dict[str, Any]:
+    """exec (detached and foreground), ps, pause and resume of a running container, through the
+    command line as an engine drives them; exec must join the existing unit, not start it again."""
+    facts: dict[str, Any] = {}
+    pidfile = os.path.join(base, "exec.pid")
+    res = pyouki("--root", root, "exec", "--detach", "--pid-file", pidfile, cid, "sleep", "600", env=env)
+    facts["exec"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+    if res.returncode == 0:
+        with open(pidfile) as f:
+            xpid = int(f.read())
+        facts["exec_pid"] = xpid
+        facts["exec_cgroup"] = proc_cgroup(xpid)
+    res = pyouki("--root", root, "exec", cid, "true", env=env)
+    facts["exec_fg"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+    res = pyouki("--root", root, "ps", "--format", "json", cid, env=env)
+    facts["ps"] = sorted(json.loads(res.stdout)) if res.returncode == 0 else res.stderr.strip()
+    facts["pause_rc"] = pyouki("--root", root, "pause", cid, env=env).returncode
+    facts["paused"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
+    facts["resume_rc"] = pyouki("--root", root, "resume", cid, env=env).returncode
+    facts["resumed"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
+    return facts
+
+
 def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, Any]:
-    """create → read back → start → update → freeze/thaw → kill → delete, with facts at each step."""
+    """create → read back → start → update → freeze/thaw → exec/ps/pause → kill → delete, with facts at each step."""
     env = dict(os.environ)
     base = tempfile.mkdtemp(prefix="pyouki-driver-")
     root = os.path.join(base, "state")
@@ -180,6 +203,7 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
         mgr.thaw()
         facts["thawed"] = mgr.state()
         facts["manager_pids"] = sorted(mgr.pids())
+        facts.update(join_verbs(root, cid, base, env))
         pyouki("--root", root, "kill", cid, "KILL", env=env)
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
