@@ -41,15 +41,15 @@ def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
         return 130
 
 
-def fail(message: str) -> int:
-    """Report message as pyouki's one-line error; return the exit status."""
+def fail(message: str, status: int = 1) -> int:
+    """Report message as pyouki's one-line error; return the exit status (1 unless given)."""
     log.error(message)
     try:
         sys.stderr.write(f"pyouki: {message}\n")
         sys.stderr.flush()
     except OSError:
         pass
-    return 1
+    return status
 
 
 if __name__ == "__main__":
