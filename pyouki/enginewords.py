@@ -49,6 +49,10 @@ NOT_EXIST = "container does not exist"
 # runc's resume of a container that is not frozen (not matched by an engine; runc's wording).
 NOT_PAUSED = "container not paused"
 
+# runc's libcontainer.ErrExist, `create` of an id in use. No engine matches it, but operators'
+# runbooks and repair scripts grep for it (a stale shim state after a daemon restart).
+EXISTS = "container with given ID already exists"
+
 # -- a process that cannot be started ------------------------------------------------------------
 
 # Go's exec.ErrNotFound as runc words it: `exec: "NAME": executable file not found in $PATH`.

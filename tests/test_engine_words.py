@@ -18,6 +18,7 @@ from harness import Bundle, Result, Runner, RuntimeInfo, assert_failed_cleanly, 
 
 from pyouki.enginewords import (
     EXEC_NOT_FOUND,
+    EXISTS,
     NO_SUCH_FILE,
     NOT_EXIST,
     NOT_RUNNING,
@@ -81,6 +82,16 @@ def test_unknown_container_says_does_not_exist(runtime: RuntimeInfo, runner: Run
     assert r.returncode == 1, r
     assert NOT_EXIST in r.stderr, r
     assert_failed_cleanly(runtime, r, cid)
+
+
+def test_create_of_existing_id_says_it_exists(runtime: RuntimeInfo, runner: Runner, bundle: Bundle) -> None:
+    cid = stopped(runner, bundle)
+    r = runner.create(cid, bundle)
+    assert r.returncode == 1, r
+    assert EXISTS in r.stderr, r
+    assert_failed_cleanly(runtime, r, cid)
+    assert runner.status(cid) == "stopped", "the first container must be intact"
+    runner.delete(cid).ok()
 
 
 def test_exec_in_unknown_container_exits_255(runner: Runner) -> None:
