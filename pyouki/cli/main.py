@@ -1,7 +1,7 @@
 """The `pyouki` command: parse argv (fast path or click), run one library call, report errors.
 
 Errors become one line on stderr (`pyouki: MESSAGE`) and, with --log, a log entry in the chosen
-format, then exit status 1.
+format, then exit status 1 (255 for a failed exec, as with runc).
 """
 
 from __future__ import annotations
