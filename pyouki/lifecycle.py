@@ -85,8 +85,10 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
         # `kill --all ID 9`); what is left in its cgroup (children of an init that had no pid
         # namespace of its own) is still signalled. Never the recorded pid: it may be reused.
         if container.record.get("cgroup"):
-            manager = cgroup_manager(container, "kill")
-            if manager.pids():
+            from pyouki.cgroups import manager_from_state
+
+            manager = manager_from_state(container.record["cgroup"])
+            if manager is not None and manager.pids():
                 _kill_cgroup(container, manager, signum)
         return
     if all_processes and container.record.get("cgroup"):
