@@ -15,6 +15,7 @@ import os
 from pyouki import hooks, log, notify
 from pyouki.channel import Channel, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
+from pyouki.enginewords import EXISTS
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
@@ -61,7 +62,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
     try:
         os.mkdir(container.dir, 0o700)
     except FileExistsError:
-        raise ContainerError(f"container {opts.id} already exists") from None
+        raise ContainerError(f"{opts.id}: {EXISTS}") from None
     except OSError as e:
         raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
     init_pid = 0

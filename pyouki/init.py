@@ -48,7 +48,8 @@ class Plan:
         self.rootfs = rootfs
         self.rootless = rootless
         self.no_pivot = no_pivot
-        self.preserve_fds = preserve_fds + listen_fds()
+        listen = listen_fds()
+        self.preserve_fds = preserve_fds + listen
         self.fifo_fd = fifo_fd
         self.container_id = container_id
         self.new_keyring = new_keyring
@@ -57,6 +58,9 @@ class Plan:
         # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
         self.setgroups_allowed = True
         self.process: dict = config["process"]
+        if listen:
+            # a copy: the config saved for exec must not hand these to exec'd processes
+            self.process = dict(self.process, env=[*(self.process.get("env") or []), *listen_env(listen)])
         self.linux: dict = config.get("linux") or {}
         self.caps = CapabilitySets(self.process.get("capabilities"))
         self.ns_fds = self._open_namespace_paths()
@@ -96,6 +100,32 @@ def listen_fds() -> int:
     except ValueError:
         pass
     return 0
+
+
+def listen_env(count: int) -> list[str]:
+    """The socket-activation variables for count passed fds, as runc sets them (LISTEN_FDS and
+    LISTEN_PID=1: the process is pid 1 of its namespace), plus the caller's LISTEN_FDNAMES, so
+    sd_listen_fds() and sd_listen_fds_with_names() work inside the container."""
+    env = [f"LISTEN_FDS={count}", "LISTEN_PID=1"]
+    if "LISTEN_FDNAMES" in os.environ:
+        env.append(f"LISTEN_FDNAMES={os.environ['LISTEN_FDNAMES']}")
+    return env
+
+
+def check_preserved_fds(count: int, first: int, own: int = -1) -> None:
+    """--preserve-fds N: refuse a negative N and fds first..first+N-1 that are not open (runc's
+    message). own is an fd pyouki opened itself (the --log file): not the caller's to pass on."""
+    if count < 0:
+        raise PyoukiError(f"--preserve-fds: {count} is negative")
+    for i in range(count):
+        fd = first + i
+        try:
+            if fd == own:
+                raise FileNotFoundError(2, "No such file or directory")
+            os.stat(f"/proc/self/fd/{fd}")
+        except OSError as e:
+            raise PyoukiError(f"--preserve-fds: unable to stat preserved-fd {i} (of {count}): "
+                              f"stat /proc/self/fd/{fd}: {_reason(e)}") from None
 
 
 def _reason(e: OSError) -> str:

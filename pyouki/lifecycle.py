@@ -11,6 +11,7 @@ import os
 import time
 
 from pyouki import log, notify
+from pyouki.enginewords import NOT_RUNNING
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
@@ -77,7 +78,19 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
     container = load(root, container_id)
     status = container.status()
     if status == "stopped":
-        raise ContainerError(f"cannot kill container {container_id}: it is not running")
+        if not all_processes:
+            # runc's words: engines (containerd's shim, CRI-O) read them as "already stopped"
+            raise ContainerError(f"cannot kill container {container_id}: {NOT_RUNNING}")
+        # like runc, --all is no error on a stopped container (CRI deletes every exited task with
+        # `kill --all ID 9`); what is left in its cgroup (children of an init that had no pid
+        # namespace of its own) is still signalled. Never the recorded pid: it may be reused.
+        if container.record.get("cgroup"):
+            from pyouki.cgroups import manager_from_state
+
+            manager = manager_from_state(container.record["cgroup"])
+            if manager is not None and manager.pids():
+                _kill_cgroup(container, manager, signum)
+        return
     if all_processes and container.record.get("cgroup"):
         # through the cgroup, frozen while signalled, so nothing forks its way out (runc does this)
         _kill_cgroup(container, cgroup_manager(container, "kill"), signum)
@@ -89,6 +102,10 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
         except OSError as e:
             raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
                               f"{(e.strerror or '').lower()}") from None
+    if status == "paused" and signum == 9:
+        # a frozen process only dies once thawed (cgroup v1): runc thaws after a SIGKILL, so the
+        # engine waiting for the exit (podman's exit file, containerd's task) sees it
+        cgroup_manager(container, "kill").thaw()
 
 
 def cgroup_manager(container: Container, verb: str):  # type: ignore[no-untyped-def]

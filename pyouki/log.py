@@ -36,6 +36,11 @@ def configure(path: str | None, fmt: str = "text", level: str = "warning", debug
     _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
 
 
+def fileno() -> int:
+    """The open --log file's descriptor, -1 without one (it is not the caller's to pass on)."""
+    return int(_settings["fd"]) if _settings["path"] else -1
+
+
 def log(level: str, msg: str) -> None:
     """Write one line at level, when the level is enabled and a log file was given."""
     if not _settings["path"] or LEVELS[level] < int(_settings["level"]):

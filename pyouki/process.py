@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from pyouki.enginewords import EXEC_NOT_FOUND, NO_SUCH_FILE, PERMISSION_DENIED, exec_error
 from pyouki.errors import ConfigError, PyoukiError
 
 RLIMITS = {
@@ -85,11 +86,12 @@ def resolve_executable(arg0: str, env: dict[str, str]) -> str:
     if "/" in arg0:
         if os.access(arg0, os.X_OK) and not os.path.isdir(arg0):
             return arg0
+        # runc's (Go's exec.LookPath) words: engines turn them into exit codes 127 and 126
         if not os.path.exists(arg0):
-            raise ConfigError("process.args[0]", f"executable {arg0!r} not found: no such file or directory")
-        raise ConfigError("process.args[0]", f"{arg0!r} is not executable: permission denied")
+            raise ConfigError("process.args[0]", exec_error(arg0, f"stat {arg0}: {NO_SUCH_FILE}"))
+        raise ConfigError("process.args[0]", exec_error(arg0, PERMISSION_DENIED))
     for directory in (env.get("PATH") or DEFAULT_PATH).split(":"):
         candidate = os.path.join(directory or ".", arg0)
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
-    raise ConfigError("process.args[0]", f'executable "{arg0}" not found in $PATH of the container')
+    raise ConfigError("process.args[0]", exec_error(arg0, EXEC_NOT_FOUND))

@@ -18,7 +18,7 @@ def parse_signal(text: str) -> int:
     value = text.strip().upper()
     if value.isdigit():
         number = int(value)
-        if 0 < number <= SIGRTMAX:
+        if 0 <= number <= SIGRTMAX:  # 0 like runc: kill(2)'s existence check
             return number
         raise PyoukiError(f"invalid signal {text!r}")
     if value.startswith("SIG"):

@@ -15,6 +15,7 @@ import marshal
 import os
 import time
 
+from pyouki.enginewords import NOT_EXIST
 from pyouki.errors import ContainerError, PyoukiError
 
 STATE_FILE = "state.bin"
@@ -137,7 +138,7 @@ class Container:
             with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
                 self.record = marshal.load(f)
         except FileNotFoundError:
-            raise ContainerError(f"container {self.id} does not exist") from None
+            raise ContainerError(f"{self.id}: {NOT_EXIST}") from None
         except (OSError, ValueError, EOFError) as e:
             raise PyoukiError(f"failed to read state of container {self.id}: {e}") from None
         return self
@@ -187,7 +188,7 @@ class Container:
         try:
             self._lock_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ContainerError(f"container {self.id} does not exist") from None
+            raise ContainerError(f"{self.id}: {NOT_EXIST}") from None
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         return self
 

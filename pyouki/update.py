@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from pyouki import log
+from pyouki.enginewords import NOT_RUNNING
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.lifecycle import cgroup_manager, load
 
@@ -132,7 +133,7 @@ def update(root: str, container_id: str, resources: dict) -> None:
     try:
         status = container.status()
         if status == "stopped":
-            raise ContainerError(f"cannot update container {container_id}: it is stopped")
+            raise ContainerError(f"cannot update container {container_id}: {NOT_RUNNING}")
         manager = cgroup_manager(container, "update")
         changes = effective(resources)
         for key in ("kernel", "kernelTCP"):

@@ -117,6 +117,50 @@ def test_task_rm_force(task: tuple[Containerd, Runtime, str]) -> None:
     assert status(ct, c) == "MISSING"
 
 
+@pytest.fixture
+def exited(containerd: Containerd, rt: Runtime) -> Iterator[tuple[Containerd, Runtime, str]]:
+    """A task whose process has exited (status 3), not yet deleted."""
+    c = cid()
+    containerd.ctr("run", "-d", "--null-io", *containerd.run_args(rt), IMAGE, c, "sh", "-c", "exit 3").ok()
+    try:
+        assert wait_for(lambda: status(containerd, c) == "STOPPED"), containerd.ctr("task", "ls")
+        yield containerd, rt, c
+    finally:
+        containerd.remove(c)
+
+
+def test_task_kill_of_stopped_task(exited: tuple[Containerd, Runtime, str]) -> None:
+    # the shim reads the runtime's "container not running" as "process already finished" (not
+    # found), where any other text is an "unknown error after kill"; `kill --all` (CRI's way to
+    # end an exited task) succeeds, as with runc
+    ct, rt, c = exited
+    r = ct.ctr("task", "kill", c)
+    assert "process already finished: not found" in r.output, r
+    ct.ctr("task", "kill", "-a", "-s", "SIGKILL", c).ok()
+    assert status(ct, c) == "STOPPED"
+    ct.ctr("task", "rm", c).ok()
+    assert status(ct, c) == "MISSING"
+
+
+def test_task_rm_force_of_stopped_task(exited: tuple[Containerd, Runtime, str]) -> None:
+    ct, rt, c = exited
+    ct.ctr("task", "rm", "-f", c).ok()
+    assert status(ct, c) == "MISSING"
+    assert not (Path(ct.runc_root(rt)) / NAMESPACE / c).exists(), "the runtime's state is left"
+
+
+def test_task_kill_of_paused_task(task: tuple[Containerd, Runtime, str], needs: Needs) -> None:
+    # SIGKILL must reach a frozen task (runc thaws after it): ctr sees it stop, not PAUSED forever
+    needs("pause")
+    ct, rt, c = task
+    ct.ctr("task", "pause", c).ok()
+    assert status(ct, c) == "PAUSED"
+    ct.ctr("task", "kill", "-s", "SIGKILL", c).ok()
+    assert wait_for(lambda: status(ct, c) == "STOPPED"), ct.ctr("task", "ls")
+    ct.ctr("task", "rm", c).ok()
+    assert status(ct, c) == "MISSING"
+
+
 def test_missing_command_shows_runtime_message(containerd: Containerd, rt: Runtime, e2e: Session) -> None:
     want = e2e.runtime_error(rt, "/no/such/cmd")
     r = containerd.ctr("run", "--rm", "--null-io", *containerd.run_args(rt), IMAGE, cid(), "/no/such/cmd")

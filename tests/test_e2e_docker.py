@@ -106,8 +106,24 @@ def test_stop_runs_term_trap(detached: tuple[Docker, Runtime, str, int]) -> None
     assert "got-term" in d.docker("logs", n).ok().stdout
 
 
-def test_missing_command_shows_runtime_message(docker: Docker, rt: Runtime, e2e: Session) -> None:
-    want = e2e.runtime_error(rt, "/no/such/cmd")
-    r = docker.docker("run", "--rm", *run_args(rt), IMAGE, "/no/such/cmd")
+@pytest.mark.parametrize("cmd", ["/no/such/cmd", "nosuchcmd"])
+def test_missing_command_shows_runtime_message(docker: Docker, rt: Runtime, e2e: Session, cmd: str) -> None:
+    # moby and the docker CLI turn the runtime's words into 127 (not found) or 125 (anything else)
+    want = e2e.runtime_error(rt, cmd)
+    r = docker.docker("run", "--rm", *run_args(rt), IMAGE, cmd)
     assert r.returncode == 127, r
     assert want in r.stderr, f"docker did not show {rt.name}'s message {want!r}:\n{r}"
+
+
+@pytest.mark.parametrize(("cmd", "phrase"), [("nosuchcmd", "executable file not found in $PATH"),
+                                             ("/no/such/cmd", "no such file or directory"),
+                                             ("/etc/passwd", "permission denied")])
+def test_exec_of_unrunnable_command(detached: tuple[Docker, Runtime, str, int], needs: Needs, cmd: str,
+                                    phrase: str) -> None:
+    # dockerd 20.10 gives every exec that fails to start 126 (runc alike); the runtime's words are shown
+    needs("exec")
+    d, rt, n, _ = detached
+    r = d.docker("exec", n, cmd)
+    assert r.returncode == 126, r
+    assert phrase in r.output and cmd in r.output, r
+    assert state(d, n, "Status") == "running"

@@ -164,11 +164,29 @@ def test_init(pm: Podman, rt: Runtime) -> None:
     assert r.stdout.startswith("/run/podman-init -- sh -c"), r
 
 
-def test_missing_command_shows_runtime_message(pm: Podman, rt: Runtime, e2e: Session) -> None:
-    want = e2e.runtime_error(rt, "/no/such/cmd")
-    r = pm(rt, "run", "--rm", IMAGE, "/no/such/cmd")
+@pytest.mark.parametrize("cmd", ["/no/such/cmd", "nosuchcmd"])
+def test_missing_command_shows_runtime_message(pm: Podman, rt: Runtime, e2e: Session, cmd: str) -> None:
+    want = e2e.runtime_error(rt, cmd)
+    r = pm(rt, "run", "--rm", IMAGE, cmd)
     assert r.returncode == 127, r
     assert want in r.stderr, f"podman did not show {rt.name}'s message {want!r}:\n{r}"
+
+
+# podman maps the runtime's words (libpod getOCIRuntimeError) to exec's exit code
+EXEC_FAILURES = [("nosuchcmd", 127, "executable file not found in $PATH"),
+                 ("/no/such/cmd", 127, "no such file or directory"),
+                 ("/etc/passwd", 126, "permission denied")]
+
+
+@pytest.mark.parametrize(("cmd", "code", "phrase"), EXEC_FAILURES)
+def test_exec_of_unrunnable_command(detached: tuple[Podman, Runtime, str], needs: Needs, cmd: str, code: int,
+                                    phrase: str) -> None:
+    needs("exec")
+    pm, rt, n = detached
+    r = pm(rt, "exec", n, cmd)
+    assert r.returncode == code, r
+    assert phrase in r.stderr, r
+    assert inspect(pm, rt, n, "{{.State.Status}}") == "running"
 
 
 # --- rootless only ---------------------------------------------------------------------------
@@ -221,6 +239,17 @@ def test_rootful_pause_unpause(rootful_sleeper: tuple[Podman, Runtime, str, int]
     pm(rt, "unpause", n).ok()
     assert inspect(pm, rt, n, "{{.State.Status}}") == "running"
     assert _read(freezer) == "THAWED"
+
+
+def test_rootful_kill_of_paused_container(rootful_sleeper: tuple[Podman, Runtime, str, int], needs: Needs) -> None:
+    # podman waits for conmon's exit file: a SIGKILL that leaves the container frozen ends in a
+    # timeout and exit code -1; runc thaws after signalling
+    needs("pause")
+    pm, rt, n, pid = rootful_sleeper
+    pm(rt, "pause", n).ok()
+    pm(rt, "kill", n).ok()
+    assert wait_for(lambda: inspect(pm, rt, n, "{{.State.Status}}") == "exited")
+    assert inspect(pm, rt, n, "{{.State.ExitCode}}") == "137"
 
 
 def test_rootful_update_cpu_shares(rootful_sleeper: tuple[Podman, Runtime, str, int], needs: Needs) -> None:

@@ -253,6 +253,39 @@ def test_kill_all_of_paused_container(runner: Runner, bundle: Bundle, cgroup_pat
     runner.delete(cid).ok()
 
 
+@root_only
+def test_sigkill_of_paused_container_kills_it(runner: Runner, bundle: Bundle, cgroup_path: str) -> None:
+    # runc signals init, then thaws for SIGKILL: podman waits for the exit file, containerd for
+    # the task's exit; a frozen init would never die (cgroup v1)
+    cid = running(runner, bundle, COUNTER, cgroup_path)
+    assert wait_for(lambda: read_count(bundle) != "")
+    init = runner.state(cid)["pid"]
+    runner.cmd("pause", cid).ok()
+    runner.kill(cid, "TERM").ok()  # any other signal waits for resume: still paused
+    assert runner.state(cid)["status"] == "paused"
+    runner.kill(cid, "KILL").ok()
+    assert wait_pid_gone(init)
+    assert runner.wait_status(cid, "stopped") == "stopped"
+    assert cg("freezer", cgroup_path, "freezer.state") == "THAWED"
+    assert wait_for(lambda: not container_pids(runner))
+    runner.delete(cid).ok()
+
+
+@root_only
+def test_kill_all_of_stopped_container_reaches_what_is_left(runner: Runner, bundle: Bundle,
+                                                            cgroup_path: str) -> None:
+    # without a pid namespace of its own, init's children outlive it in the cgroup; CRI's
+    # `kill --all ID 9` after the exit must reach them (runc: status 0, processes signalled)
+    bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "pid"]
+    cid = running(runner, bundle, "sleep 1000 & exit 0", cgroup_path)
+    assert runner.wait_status(cid, "stopped") == "stopped"
+    assert wait_for(lambda: len(container_pids(runner)) == 1), "the orphaned sleep"
+    runner.kill(cid, "--all", "9").ok()
+    assert wait_for(lambda: not container_pids(runner))
+    runner.kill(cid, "--all", "9").ok()  # nothing left: still no error
+    runner.delete(cid).ok()
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

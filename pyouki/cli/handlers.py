@@ -20,6 +20,16 @@ def _id(args: dict) -> str:
     return validate_id(args["container-id"])
 
 
+def _preserve_fds(options: dict, listen: bool) -> int:
+    """--preserve-fds N, checked: the N fds after stdio (and after the LISTEN_FDS ones for a
+    new container, as runc places them) must be open."""
+    from pyouki import init, log
+
+    count = int(options.get("preserve_fds") or 0)
+    init.check_preserved_fds(count, 3 + (init.listen_fds() if listen else 0), log.fileno())
+    return count
+
+
 def _create_options(globals_: dict, options: dict, args: dict):  # type: ignore[no-untyped-def]
     from pyouki.create import CreateOptions
 
@@ -28,7 +38,7 @@ def _create_options(globals_: dict, options: dict, args: dict):  # type: ignore[
         root=_root(globals_, create=True), container_id=container_id, bundle=options.get("bundle") or ".",
         pid_file=options.get("pid_file"), console_socket=options.get("console_socket"),
         no_pivot=bool(options.get("no_pivot")), no_new_keyring=bool(options.get("no_new_keyring")),
-        preserve_fds=int(options.get("preserve_fds") or 0), rootless=is_rootless(globals_.get("rootless") or "auto"),
+        preserve_fds=_preserve_fds(options, listen=True), rootless=is_rootless(globals_.get("rootless") or "auto"),
         systemd_cgroup=bool(globals_.get("systemd_cgroup")) or globals_.get("cgroup_manager") == "systemd",
         cgroups=globals_.get("cgroup_manager") != "disabled",
     )
@@ -105,6 +115,19 @@ def cmd_spec(globals_: dict, options: dict, args: dict) -> int:
 
 
 def cmd_exec(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.errors import PyoukiError
+
+    try:
+        return _exec(globals_, options, args)
+    except PyoukiError as e:
+        # runc's contract: a failed exec exits 255 with "exec failed: ...", so the runtime's own
+        # failure is told apart from the command's exit status (engines pass that one on)
+        from pyouki.cli.main import fail
+
+        return fail(f"exec failed: {e}", 255)
+
+
+def _exec(globals_: dict, options: dict, args: dict) -> int:
     try:
         from pyouki.exec import ExecOptions, exec_process
     except ImportError as e:  # a partial tree: say so instead of a traceback
@@ -121,7 +144,7 @@ def cmd_exec(globals_: dict, options: dict, args: dict) -> int:
         caps=list(options.get("caps") or []), no_new_privs=bool(options.get("no_new_privs")),
         apparmor=options.get("apparmor"), process_label=options.get("process_label"), tty=bool(options.get("tty")),
         console_socket=options.get("console_socket"), pid_file=options.get("pid_file"),
-        detach=bool(options.get("detach")), preserve_fds=int(options.get("preserve_fds") or 0),
+        detach=bool(options.get("detach")), preserve_fds=_preserve_fds(options, listen=False),
         ignore_paused=bool(options.get("ignore_paused")), cgroup=options.get("cgroup"),
     )
     return exec_process(_root(globals_), _id(args), opts)

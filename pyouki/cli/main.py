@@ -1,7 +1,7 @@
 """The `pyouki` command: parse argv (fast path or click), run one library call, report errors.
 
 Errors become one line on stderr (`pyouki: MESSAGE`) and, with --log, a log entry in the chosen
-format, then exit status 1.
+format, then exit status 1 (255 for a failed exec, as with runc).
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
         return 130
 
 
-def fail(message: str) -> int:
-    """Report message as pyouki's one-line error; return the exit status."""
+def fail(message: str, status: int = 1) -> int:
+    """Report message as pyouki's one-line error; return the exit status (1 unless given)."""
     log.error(message)
     try:
         sys.stderr.write(f"pyouki: {message}\n")
         sys.stderr.flush()
     except OSError:
         pass
-    return 1
+    return status
 
 
 if __name__ == "__main__":
