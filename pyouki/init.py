@@ -15,6 +15,7 @@ import struct  # noqa: F401
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
 
+from pyouki import lsm
 from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
@@ -210,6 +211,7 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
             from pyouki import hooks
 
             hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
+        lsm.apply(plan.process)  # AppArmor profile, SELinux label: entered at the execve below
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()
         os.execve(exe, plan.process["args"], env)

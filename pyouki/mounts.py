@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
+from pyouki import lsm
 from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError
 
@@ -58,8 +59,9 @@ _ST_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_N
 class MountSpec:
     """One entry of config.mounts with its options parsed into flags and data."""
 
-    def __init__(self, entry: dict, field: str) -> None:
+    def __init__(self, entry: dict, field: str, label: str = "") -> None:
         self.field = field
+        self.label = label  # linux.mountLabel (SELinux): see _mount_fs
         self.destination: str = entry["destination"]
         self.type: str = entry.get("type") or ""
         self.source: str = entry.get("source") or ""
@@ -216,8 +218,11 @@ def mount_one(m: MountSpec, root: str, rootfd: int, rootless: bool) -> None:
 
 def _mount_fs(m: MountSpec, target: str, dest: str, rootless: bool) -> None:
     flags = m.flags & ~sc.MS_REMOUNT
+    # the mount label as runc puts it: a context= option on the container's own filesystems
+    # (tmpfs, devpts...), a file label on mqueue's root, nothing on proc and sysfs (not labelable)
+    data = m.data if m.type in ("proc", "sysfs", "mqueue") else lsm.mount_data(m.data, m.label)
     try:
-        sc.mount(m.source or m.type, target, m.type, flags, m.data or None)
+        sc.mount(m.source or m.type, target, m.type, flags, data or None)
     except PermissionError:
         # in a user namespace sysfs needs a network namespace we own, and mqueue an ipc one:
         # like runc, fall back to a bind mount of the host's
@@ -226,6 +231,9 @@ def _mount_fs(m: MountSpec, target: str, dest: str, rootless: bool) -> None:
             raise
         sc.mount(fallback, target, None, sc.MS_BIND | sc.MS_REC)
         remount_bind(dest, flags | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    else:
+        if m.type == "mqueue":
+            lsm.set_file_label(target, m.label)  # our own mqueue only, never the host's of the fallback
 
 
 def mount_cgroup(m: MountSpec, root: str, rootfd: int) -> None:
@@ -241,7 +249,8 @@ def mount_cgroup(m: MountSpec, root: str, rootfd: int) -> None:
                 sc.mount(src, dest, None, sc.MS_BIND | sc.MS_REC)
                 remount_bind(dest, m.flags)
             return
-        sc.mount("tmpfs", dest, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+        sc.mount("tmpfs", dest, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                 lsm.mount_data("mode=755", m.label))
         for _kind, mountpoint, own in hierarchies:
             name = os.path.basename(mountpoint)
             sub = os.path.join(dest, name)
