@@ -203,6 +203,9 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         if plan.new_keyring:
             _new_session_keyring(plan.container_id)
         exe, env = _setup(plan, up, down)
+        # AppArmor profile, SELinux label: requested now (a failure fails create, as with runc), entered
+        # at the execve below; startContainer hooks run under them too, as with runc
+        lsm.apply(plan.process)
         down.close()
         up.send("ready")
         up.close()
@@ -211,7 +214,6 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
             from pyouki import hooks
 
             hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
-        lsm.apply(plan.process)  # AppArmor profile, SELinux label: entered at the execve below
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()
         os.execve(exe, plan.process["args"], env)
