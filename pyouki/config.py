@@ -227,6 +227,9 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         from pyouki.seccomp import validate as validate_seccomp
 
         validate_seccomp(seccomp, "linux.seccomp")
+    from pyouki import lsm
+
+    lsm.check(process, linux)
     return rootfs
 
 

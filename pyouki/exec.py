@@ -112,12 +112,11 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     if status not in ("running", "created", "paused"):
         raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
     config = container.config()
-    process = build_process(config, opts)
+    from pyouki import lsm
+
+    process = lsm.inherit(build_process(config, opts), config)
     _check_process(process)
-    if process.get("apparmorProfile"):
-        raise PyoukiError("process.apparmorProfile: apparmor is not supported by pyouki")
-    if process.get("selinuxLabel"):
-        raise PyoukiError("process.selinuxLabel: selinux is not supported by pyouki")
+    lsm.check(process)
     if opts.cgroup:
         raise PyoukiError("--cgroup: joining a sub-cgroup is not supported yet")
     if process.get("terminal") and not opts.console_socket and opts.detach:
@@ -292,7 +291,7 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
 def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # type: ignore[no-untyped-def]
            setgroups_allowed: bool, up: Channel) -> None:
     """Become the process and exec it; errors go back over up; never returns."""
-    from pyouki import init
+    from pyouki import init, lsm  # both loaded before the fork (pyouki.init imports pyouki.lsm)
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
@@ -304,6 +303,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
                                        int(user.get("gid", 0)))
         exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds + init.listen_fds())
+        lsm.apply(process)  # AppArmor profile, SELinux label: entered at the execve below
         if seccomp is not None and process.get("noNewPrivileges"):
             seccomp.load()
         os.execve(exe, process["args"], env)

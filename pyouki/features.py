@@ -58,8 +58,8 @@ def features() -> dict:
                 "knownFlags": sorted({*seccomp._FLAGS, *seccomp._UNSUPPORTED_FLAGS}),
                 "supportedFlags": sorted(seccomp._FLAGS),
             },
-            "apparmor": {"enabled": False},
-            "selinux": {"enabled": False},
+            "apparmor": {"enabled": True},  # supported by pyouki, whether or not this host runs it
+            "selinux": {"enabled": True},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
             "netDevices": {"enabled": False},

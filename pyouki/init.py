@@ -15,6 +15,7 @@ import struct  # noqa: F401
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
 
+from pyouki import lsm
 from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
@@ -244,6 +245,9 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         exe, env = _setup(plan, up, down)
         if plan.wasm is not None:  # compiled before ready: a bad module fails create
             plan.wasm = plan.wasm.load(exe)
+        # AppArmor profile, SELinux label: requested now (a failure fails create, as with runc), entered
+        # at the execve below; startContainer hooks run under them too, as with runc
+        lsm.apply(plan.process)
         down.close()
         up.send("ready")
         up.close()

@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 
+from pyouki import lsm
 from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError
 
@@ -62,8 +63,9 @@ _ST_TO_MS = ((1, sc.MS_RDONLY), (2, sc.MS_NOSUID), (4, sc.MS_NODEV), (8, sc.MS_N
 class MountSpec:
     """One entry of config.mounts with its options parsed into flags and data."""
 
-    def __init__(self, entry: dict, field: str) -> None:
+    def __init__(self, entry: dict, field: str, label: str = "") -> None:
         self.field = field
+        self.label = label  # linux.mountLabel (SELinux): see _mount_fs
         self.destination: str = entry["destination"]
         self.type: str = entry.get("type") or ""
         self.source: str = entry.get("source") or ""
@@ -306,8 +308,11 @@ def _mount_fs(m: MountSpec, fd: int) -> bool:
     flags = m.flags & ~sc.MS_REMOUNT
     if m.type == "tmpfs" or is_dev_tmpfs(m):
         flags &= ~sc.MS_RDONLY  # made read-only once its contents are in place
+    # the mount label as runc puts it: a context= option on the container's own filesystems
+    # (tmpfs, devpts...), a file label on mqueue's root, nothing on proc and sysfs (not labelable)
+    data = m.data if m.type in ("proc", "sysfs", "mqueue") else lsm.mount_data(m.data, m.label)
     try:
-        sc.mount(m.source or m.type, proc_fd(fd), m.type, flags, m.data or None)
+        sc.mount(m.source or m.type, proc_fd(fd), m.type, flags, data or None)
     except PermissionError:
         # in a user namespace sysfs needs a network namespace we own, and mqueue an ipc one:
         # like runc, fall back to a bind mount of the host's
@@ -316,6 +321,8 @@ def _mount_fs(m: MountSpec, fd: int) -> bool:
             raise
         sc.mount(fallback, proc_fd(fd), None, sc.MS_BIND | sc.MS_REC)
         return True
+    if m.type == "mqueue":
+        lsm.set_file_label(proc_fd(fd), m.label)  # our own mqueue only, never the host's of the fallback
     return False
 
 
@@ -348,7 +355,8 @@ def mount_cgroup(m: MountSpec, rootfd: int, view: CgroupView) -> None:
                 fd = walk(rootfd, m.destination)  # the bind just made
                 remount_bind(proc_fd(fd), flags)
             return
-        sc.mount("tmpfs", proc_fd(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+        sc.mount("tmpfs", proc_fd(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                 lsm.mount_data("mode=755", m.label))
         os.close(fd)
         fd = walk(rootfd, m.destination)  # the tmpfs just mounted
         for kind, mountpoint, own, options in view.hierarchies:

@@ -60,7 +60,8 @@ def prepare(rootfs: str, propagation: str | None) -> int:
 
 def do_mounts(config: dict, rootfd: int, rootless: bool, cgroups: CgroupView | None = None) -> list[MountSpec]:
     """Mount every config.mounts entry inside the rootfs that rootfd names."""
-    specs = [MountSpec(m, f"mounts[{i}]") for i, m in enumerate(config.get("mounts") or [])]
+    label = (config.get("linux") or {}).get("mountLabel") or ""
+    specs = [MountSpec(m, f"mounts[{i}]", label) for i, m in enumerate(config.get("mounts") or [])]
     for m in specs:
         mount_one(m, rootfd, rootless, cgroups)
     return specs

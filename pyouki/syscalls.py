@@ -212,3 +212,10 @@ def mount_setattr(path: str, attr_set: int, attr_clr: int = 0, recursive: bool =
             ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
         )
     )
+
+
+def fstatfs_type(fd: int) -> int:
+    """The f_type (filesystem magic, e.g. PROC_SUPER_MAGIC) of the filesystem holding fd (fstatfs(2))."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit; f_type comes first
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf))
+    return ctypes.c_ulong.from_buffer(buf).value  # f_type is a word: long on every Linux ABI

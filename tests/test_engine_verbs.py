@@ -513,7 +513,8 @@ def test_features_validates_against_the_schema(runner: Runner, is_pyouki: bool) 
     assert linux["cgroup"]["v1"] and linux["cgroup"]["v2"] and linux["cgroup"]["systemd"]
     assert linux["seccomp"]["enabled"] and "SCMP_ACT_NOTIFY" not in linux["seccomp"]["actions"]
     assert set(linux["seccomp"]["supportedFlags"]) <= set(linux["seccomp"]["knownFlags"])
-    assert linux["apparmor"] == {"enabled": False} and linux["selinux"] == {"enabled": False}
+    # supported by the runtime (runtime-spec: "irrelevant to the availability ... on the host")
+    assert linux["apparmor"] == {"enabled": True} and linux["selinux"] == {"enabled": True}
     assert linux["mountExtensions"]["idmap"] == {"enabled": False}
 
 

@@ -146,3 +146,72 @@ def test_delete_removes_cgroup_and_unit(guest: dict[str, Any], part: str) -> Non
         assert f["cgroup_left"] is False, case
         if part.endswith("-systemd"):
             assert f["unit_left"] is False, case
+
+
+# -- AppArmor (Debian's kernel enables it): process.apparmorProfile applied at create and exec ----
+
+
+def _apparmor(guest: dict[str, Any], case: str) -> dict[str, Any]:
+    facts = _part(guest, "rootful-apparmor")[case]
+    assert "error" not in facts, facts["error"]
+    return dict(facts)
+
+
+def test_vm_apparmor_profile_loads(guest: dict[str, Any]) -> None:
+    f = _part(guest, "rootful-apparmor")
+    assert f["enabled"] == "Y"
+    assert f["load"] == {"rc": 0, "stderr": ""}
+    assert "pyouki-vmtest (enforce)" in f["loaded"].splitlines()
+
+
+def test_vm_apparmor_container_runs_under_its_profile(guest: dict[str, Any]) -> None:
+    """Was ignored by create (the container ran unconfined); the transition happens at execve."""
+    f = _apparmor(guest, "confined")
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["attr_created"] == "unconfined"  # the runtime's own code is never confined
+    assert f["start_rc"] == 0
+    assert f["attr_current"] == "pyouki-vmtest (enforce)"
+    # root, but the profile denies it
+    assert f["init_secret_rc"] == "1" and "Permission denied" in f["init_secret_err"]
+    assert f["delete_rc"] == 0
+
+
+def test_vm_apparmor_exec_gets_the_container_profile(guest: dict[str, Any]) -> None:
+    """exec was refused; like runc's, it inherits the container's profile unless --apparmor says.
+
+    The exec'd process runs as uid 1000: the profile is requested after the switch of user.
+    """
+    f = _apparmor(guest, "confined")
+    assert f["exec"]["rc"] == 1
+    assert f["exec"]["stdout"] == "pyouki-vmtest (enforce)"
+    assert "Permission denied" in f["exec"]["stderr"]  # the secret is 0644: only the profile denies it
+    assert f["exec_unconfined"] == {"rc": 0, "stdout": "unconfined\nsecret", "stderr": ""}
+
+
+def test_vm_apparmor_unconfined_profile(guest: dict[str, Any]) -> None:
+    f = _apparmor(guest, "unconfined")
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["start_rc"] == 0
+    assert f["attr_current"] == "unconfined"
+    assert f["init_secret_rc"] == "0"
+    assert f["exec_profile"]["rc"] == 1
+    assert f["exec_profile"]["stdout"] == "pyouki-vmtest (enforce)"
+    assert f["delete_rc"] == 0
+
+
+def test_vm_apparmor_failures_fail_create_cleanly(guest: dict[str, Any]) -> None:
+    e = _apparmor(guest, "errors")
+    missing = e["not_loaded"]
+    assert missing["create"]["rc"] != 0
+    assert missing["create"]["stderr"].startswith(
+        "pyouki: process.apparmorProfile: failed to apply profile 'pyouki-no-such-profile': ")
+    assert "no such file or directory" in missing["create"]["stderr"]
+    assert missing["state_left"] == []
+    # no procfs in the container and the attribute planted as a plain file by the image: the
+    # request must not be written there (the process would run unconfined)
+    planted = e["planted_attr"]
+    assert planted["create"]["rc"] != 0
+    assert "process.apparmorProfile" in planted["create"]["stderr"]
+    assert "is not on procfs" in planted["create"]["stderr"]
+    assert planted["planted_file"] == ""
+    assert planted["state_left"] == []

@@ -34,8 +34,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # Bump when the image set-up below changes: it is part of the cache key.
-SETUP_VERSION = "1"
+SETUP_VERSION = "2"
 KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools", "zstd")
+# The guest's tools beyond the kernel (installed in the same apt run, .debs cached on the host):
+# apparmor_parser loads the AppArmor tests' profile (Debian's kernel has AppArmor enabled).
+GUEST_PACKAGES = ("apparmor",)
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
 IMAGE_SIZE = "3G"
 TEST_USER = "tester"
@@ -89,7 +92,8 @@ def cache_dir() -> Path:
 def image_dir() -> Path:
     """The cached image (kernel, initrd, disk); its name changes with the rootfs or the set-up."""
     base = _nspawn().tarball_path().name
-    text = " ".join((base, SETUP_VERSION, *KERNEL_PACKAGES, *INITRD_MODULES, *BLACKLIST, GUEST_UNIT, IMAGE_SIZE))
+    text = " ".join((base, SETUP_VERSION, *KERNEL_PACKAGES, *GUEST_PACKAGES, *INITRD_MODULES, *BLACKLIST, GUEST_UNIT,
+                     IMAGE_SIZE))
     return cache_dir() / f"vm-bookworm-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -117,7 +121,8 @@ def _run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProc
 
 
 def _install_kernel(root: Path, debs: Path) -> None:
-    """apt-get the kernel into root, in a private mount namespace (nothing leaks to the host).
+    """apt-get the kernel (and GUEST_PACKAGES) into root, in a private mount namespace (nothing
+    leaks to the host).
 
     The .debs are kept in the cache (debs), so a rebuild after a set-up change downloads nothing.
     """
@@ -135,7 +140,7 @@ def _install_kernel(root: Path, debs: Path) -> None:
         f"set -e; mount -t proc proc {r}/proc; mount --rbind /dev {r}/dev; "
         f"mount --bind {debs} {r}/var/cache/apt/archives; "
         f"chroot {r} sh -c '{apt} update -q >/dev/null && {apt} install -y --no-install-recommends "
-        f"{' '.join(KERNEL_PACKAGES)}'"
+        f"{' '.join(KERNEL_PACKAGES + GUEST_PACKAGES)}'"
     )
     _run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], 900, "installing the kernel")
     (root / "etc/resolv.conf").unlink()
@@ -150,7 +155,9 @@ def _configure(root: Path) -> None:
     (root / "etc/modprobe.d/pyouki-vm.conf").write_text("".join(f"blacklist {m}\n" for m in BLACKLIST))
     masks = ("modprobe@drm.service", "serial-getty@.service", "systemd-timesyncd.service",
              "systemd-networkd.service", "networking.service", "ifupdown-pre.service",
-             "systemd-hwdb-update.service", "ldconfig.service", "systemd-journal-catalog-update.service")
+             "systemd-hwdb-update.service", "ldconfig.service", "systemd-journal-catalog-update.service",
+             # the AppArmor tests load their own profile; compiling Debian's at every boot costs TCG time
+             "apparmor.service")
     for unit in masks:
         link = root / "etc/systemd/system" / unit
         link.unlink(missing_ok=True)
