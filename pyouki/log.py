@@ -36,6 +36,11 @@ def configure(path: str | None, fmt: str = "text", level: str = "warning", debug
     _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
 
 
+def log_fd() -> int:
+    """The --log file's fd, -1 without one (forked children keep it until they exec)."""
+    return int(_settings["fd"])
+
+
 def log(level: str, msg: str) -> None:
     """Write one line at level, when the level is enabled and a log file was given."""
     if not _settings["path"] or LEVELS[level] < int(_settings["level"]):
