@@ -16,8 +16,10 @@ Where there is no stub for the machine, or the kernel refuses executable memfds
 (vm.memfd_noexec=2), init falls back to refusing a program (or a chain of #! interpreters) whose
 inode is the interpreter's own.
 
-The stub is kept as bytes; its source follows (GNU as; `as --64 -o stub.o stub.s && objcopy -O
-binary stub.o stub.bin` gives exactly STUBS["x86_64"]; tests/test_execstub.py checks it).
+The stub is kept as bytes, one per machine; their sources follow (GNU as: `as --64 -o stub.o stub.s
+&& objcopy -O binary stub.o stub.bin` gives exactly STUBS["x86_64"], aarch64-linux-gnu-as and
+-objcopy STUBS["aarch64"]; tests/test_execstub.py checks both, and runs the aarch64 one under
+qemu-aarch64 where it is installed).
 """
 
 from __future__ import annotations
@@ -203,6 +205,172 @@ from pyouki.errors import PyoukiError
 #         .byte   0
 # end:
 # --- x86_64 source (end) ---
+# --- aarch64 source (begin) ---
+#         .set    BASE, 0x400000
+#         .set    AT_EXECFN, 31
+#         .set    SYS_write, 64
+#         .set    SYS_execve, 221
+#         .set    SYS_exit_group, 94
+# ehdr:   .byte   0x7f, 'E', 'L', 'F', 2, 1, 1, 0 // 64-bit, little endian, ELF v1, System V ABI
+#         .quad   0
+#         .hword  2                               // e_type: ET_EXEC
+#         .hword  183                             // e_machine: EM_AARCH64
+#         .word   1                               // e_version
+#         .quad   BASE + start - ehdr             // e_entry
+#         .quad   phdr - ehdr                     // e_phoff
+#         .quad   0                               // e_shoff: no sections
+#         .word   0                               // e_flags
+#         .hword  64, 56, 2                       // e_ehsize, e_phentsize, e_phnum
+#         .hword  0, 0, 0                         // e_shentsize, e_shnum, e_shstrndx
+# phdr:   .word   1, 5                            // PT_LOAD, PF_R|PF_X: the whole file
+#         .quad   0, BASE, BASE, end - ehdr, end - ehdr, 0x10000
+#         .word   0x6474e551, 6                   // PT_GNU_STACK, PF_R|PF_W: no executable stack
+#         .quad   0, 0, 0, 0, 0, 16
+#
+# // sp: argc, argv[0..argc-1], NULL, envp..., NULL, auxv pairs..., AT_NULL
+# start:  mov     x23, #0                         // x23 = AT_EXECFN, once found
+#         ldr     x19, [sp]                       // x19 = argc
+#         add     x20, sp, #8                     // x20 = argv
+#         add     x21, x20, x19, lsl #3
+#         add     x21, x21, #8                    // x21 = envp
+#         mov     x0, x21
+# 1:      ldr     x1, [x0], #8                    // skip envp up to its NULL
+#         cbnz    x1, 1b
+# 2:      ldp     x1, x2, [x0], #16               // x0 = auxv: find AT_EXECFN
+#         cbz     x1, refuse                      // AT_NULL: no AT_EXECFN
+#         cmp     x1, #AT_EXECFN
+#         b.ne    2b
+#         mov     x23, x2                         // the name the kernel executed
+#         mov     x0, x23
+#         adr     x1, fd_dev
+#         bl      prefix
+#         cbnz    x0, run
+#         mov     x0, x23
+#         adr     x1, fd_proc
+#         bl      prefix
+#         cbz     x0, refuse
+# run:    cbz     x19, refuse                     // pyouki passes [path, args...]: never empty
+#         ldr     x0, [x20]                       // execve(argv[0], &argv[1], envp)
+#         add     x1, x20, #8
+#         mov     x2, x21
+#         mov     x8, #SYS_execve
+#         svc     #0
+#         neg     x24, x0                         // it failed: x24 = errno
+#         sub     sp, sp, #8192                   // "exec PATH: REASON\n", as runc words it
+#         mov     x9, sp                          // x9: where the line goes on
+#         adr     x1, s_exec
+#         bl      append
+#         ldr     x1, [x20]
+#         bl      append
+#         adr     x1, s_colon
+#         bl      append
+#         adr     x1, reasons                     // records: errno byte, NUL-terminated text; 0 ends
+# 3:      ldrb    w2, [x1], #1
+#         cbz     w2, 4f
+#         cmp     x2, x24
+#         b.eq    5f
+# 6:      ldrb    w2, [x1], #1                    // skip this record's text
+#         cbnz    w2, 6b
+#         b       3b
+# 4:      adr     x1, s_errno                     // not in the table: "errno N"
+#         bl      append
+#         mov     x0, x24
+#         bl      decimal
+#         b       7f
+# 5:      bl      append
+# 7:      mov     x25, #1                         // runc's status for a failed exec
+#         b       say
+#
+# refuse: sub     sp, sp, #8192                   // run again from inside the container
+#         mov     x9, sp
+#         adr     x1, s_exec
+#         bl      append
+#         mov     x1, x23
+#         cbz     x1, 8f
+#         bl      append
+# 8:      adr     x1, s_refuse
+#         bl      append
+#         mov     x25, #126
+#
+# say:    mov     w2, #10                         // the newline, then one write of the line
+#         strb    w2, [x9], #1
+#         mov     x1, sp
+#         sub     x2, x9, x1
+#         mov     x0, #2
+#         mov     x8, #SYS_write
+#         svc     #0
+#         mov     x0, x25
+#         mov     x8, #SYS_exit_group
+#         svc     #0
+#
+# // prefix: x0 = 1 when the string at x0 starts with the string at x1, else 0
+# prefix: ldrb    w2, [x1], #1
+#         cbz     w2, 9f
+#         ldrb    w3, [x0], #1
+#         cmp     w2, w3
+#         b.eq    prefix
+#         mov     x0, #0
+#         ret
+# 9:      mov     x0, #1
+#         ret
+#
+# // append: copy the string at x1 to x9 (at most 4000 bytes), x9 left after it
+# append: mov     x3, #4000
+# 10:     ldrb    w2, [x1], #1
+#         cbz     w2, 11f
+#         strb    w2, [x9], #1
+#         subs    x3, x3, #1
+#         b.ne    10b
+# 11:     ret
+#
+# // decimal: write x0 in decimal at x9, x9 left after it (digits built at the buffer's end)
+# decimal:
+#         add     x4, sp, #8192
+#         mov     x5, #10
+# 12:     udiv    x6, x0, x5
+#         msub    x7, x6, x5, x0
+#         add     w7, w7, #'0'
+#         strb    w7, [x4, #-1]!
+#         mov     x0, x6
+#         cbnz    x0, 12b
+#         add     x5, sp, #8192
+# 13:     ldrb    w7, [x4], #1
+#         strb    w7, [x9], #1
+#         cmp     x4, x5
+#         b.ne    13b
+#         ret
+# fd_dev: .asciz  "/dev/fd/"                      // how execveat(fd, "", ..., AT_EMPTY_PATH) names it
+# fd_proc:.asciz  "/proc/self/fd/"                // the /proc fallback's name
+# s_exec: .asciz  "exec "
+# s_colon:.asciz  ": "
+# s_errno:.asciz  "errno "
+# s_refuse:
+#         .asciz  ": permission denied (pyouki's exec stub)"
+# reasons:                                        // what Go's syscall.Errno.Error() says (runc)
+#         .byte   1  ; .asciz "operation not permitted"
+#         .byte   2  ; .asciz "no such file or directory"
+#         .byte   5  ; .asciz "input/output error"
+#         .byte   7  ; .asciz "argument list too long"
+#         .byte   8  ; .asciz "exec format error"
+#         .byte   9  ; .asciz "bad file descriptor"
+#         .byte   11 ; .asciz "resource temporarily unavailable"
+#         .byte   12 ; .asciz "cannot allocate memory"
+#         .byte   13 ; .asciz "permission denied"
+#         .byte   14 ; .asciz "bad address"
+#         .byte   20 ; .asciz "not a directory"
+#         .byte   21 ; .asciz "is a directory"
+#         .byte   22 ; .asciz "invalid argument"
+#         .byte   23 ; .asciz "too many open files in system"
+#         .byte   24 ; .asciz "too many open files"
+#         .byte   26 ; .asciz "text file busy"
+#         .byte   36 ; .asciz "file name too long"
+#         .byte   38 ; .asciz "function not implemented"
+#         .byte   40 ; .asciz "too many levels of symbolic links"
+#         .byte   79 ; .asciz "can not access a needed shared library"
+#         .byte   80 ; .asciz "accessing a corrupted shared library"
+#         .byte   0
+# end:
+# --- aarch64 source (end) ---
 
 STUBS = {
     "x86_64": bytes.fromhex(
@@ -230,6 +398,33 @@ STUBS = {
         "002666756e6374696f6e206e6f7420696d706c656d656e7465640028746f6f206d616e79206c6576656c73206f662073"
         "796d626f6c6963206c696e6b73004f63616e206e6f74206163636573732061206e656564656420736861726564206c69"
         "62726172790050616363657373696e67206120636f7272757074656420736861726564206c6962726172790000"
+    ),
+    "aarch64": bytes.fromhex(
+        "7f454c460201010000000000000000000200b70001000000b00040000000000040000000000000000000000000000000"
+        "000000004000380002000000000000000100000005000000000000000000000000004000000000000000400000000000"
+        "92040000000000009204000000000000000001000000000051e574640600000000000000000000000000000000000000"
+        "0000000000000000000000000000000000000000000000001000000000000000170080d2f30340f9f4230091950e138b"
+        "b5220091e00315aa018440f8e1ffffb50108c1a8610500b43f7c00f1a1ffff54f70302aae00317aa010b001039000094"
+        "a00000b5e00317aac10a003035000094000400b4f30300b4800240f981220091e20315aaa81b80d2010000d4f80300cb"
+        "ff0b40d1e9030091c109001032000094810240f930000094610900502e000094c10a003022144038c20000345f0018eb"
+        "2001005422144038e2ffff35faffff174108003024000094e00318aa290000940200001420000094390080d20b000014"
+        "ff0b40d1e9030091c10600101a000094e10317aa410000b417000094a106001015000094d90f80d24201805222150038"
+        "e1030091220101cb400080d2080880d2010000d4e00319aac80b80d2010000d422144038c2000034031440385f00036b"
+        "80ffff54000080d2c0035fd6200080d2c0035fd603f481d2221440388200003422150038630400f181ffff54c0035fd6"
+        "e40b4091450180d20608c59ac780059be7c0001187fc1f38e00306aa60ffffb5e50b409187144038271500389f0005eb"
+        "a1ffff54c0035fd62f6465762f66642f002f70726f632f73656c662f66642f006578656320003a20006572726e6f2000"
+        "3a207065726d697373696f6e2064656e696564202870796f756b692773206578656320737475622900016f7065726174"
+        "696f6e206e6f74207065726d697474656400026e6f20737563682066696c65206f72206469726563746f72790005696e"
+        "7075742f6f7574707574206572726f720007617267756d656e74206c69737420746f6f206c6f6e670008657865632066"
+        "6f726d6174206572726f7200096261642066696c652064657363726970746f72000b7265736f757263652074656d706f"
+        "726172696c7920756e617661696c61626c65000c63616e6e6f7420616c6c6f63617465206d656d6f7279000d7065726d"
+        "697373696f6e2064656e696564000e626164206164647265737300146e6f742061206469726563746f72790015697320"
+        "61206469726563746f72790016696e76616c696420617267756d656e740017746f6f206d616e79206f70656e2066696c"
+        "657320696e2073797374656d0018746f6f206d616e79206f70656e2066696c6573001a746578742066696c6520627573"
+        "79002466696c65206e616d6520746f6f206c6f6e67002666756e6374696f6e206e6f7420696d706c656d656e74656400"
+        "28746f6f206d616e79206c6576656c73206f662073796d626f6c6963206c696e6b73004f63616e206e6f742061636365"
+        "73732061206e656564656420736861726564206c6962726172790050616363657373696e67206120636f727275707465"
+        "6420736861726564206c6962726172790000"
     ),
 }
 

@@ -25,12 +25,47 @@ def _source(machine: str) -> str:
     return "".join(line[2:] + "\n" for line in body.splitlines())
 
 
-@pytest.mark.skipif(not (shutil.which("as") and shutil.which("objcopy")), reason="needs binutils")
-def test_the_bytes_are_the_commented_source(tmp_path: Path) -> None:
-    (tmp_path / "stub.s").write_text(_source("x86_64"))
-    subprocess.run(["as", "--64", "-o", "stub.o", "stub.s"], cwd=tmp_path, check=True)
-    subprocess.run(["objcopy", "-O", "binary", "stub.o", "stub.bin"], cwd=tmp_path, check=True)
-    assert (tmp_path / "stub.bin").read_bytes() == execstub.STUBS["x86_64"]
+TOOLS = {"x86_64": ("as", "objcopy", ["--64"]),
+         "aarch64": ("aarch64-linux-gnu-as", "aarch64-linux-gnu-objcopy", [])}
+
+
+@pytest.mark.parametrize("machine", sorted(execstub.STUBS))
+def test_the_bytes_are_the_commented_source(tmp_path: Path, machine: str) -> None:
+    assembler, objcopy, flags = TOOLS[machine]
+    if not (shutil.which(assembler) and shutil.which(objcopy)):
+        pytest.skip(f"needs {assembler} (binutils)")
+    (tmp_path / "stub.s").write_text(_source(machine))
+    subprocess.run([assembler, *flags, "-o", "stub.o", "stub.s"], cwd=tmp_path, check=True)
+    subprocess.run([objcopy, "-O", "binary", "stub.o", "stub.bin"], cwd=tmp_path, check=True)
+    assert (tmp_path / "stub.bin").read_bytes() == execstub.STUBS[machine]
+
+
+@pytest.mark.skipif(not shutil.which("qemu-aarch64"), reason="needs qemu-user")
+def test_the_aarch64_stub_under_qemu(tmp_path: Path) -> None:
+    """The aarch64 stub does what the x86_64 one does (its execve runs host programs natively)."""
+    code = tmp_path / "stub"
+    code.write_bytes(execstub.STUBS["aarch64"])
+    code.chmod(0o755)
+    unknown = tmp_path / "stub-short-table"  # errno 2 left out of the table: "errno 2"
+    unknown.write_bytes(execstub.STUBS["aarch64"].replace(b"\x02no such file", b"\xfeno such file"))
+    unknown.chmod(0o755)
+
+    def run(stub: Path, argv0: str, *args: str, as_pyouki: bool = True) -> tuple[int, bytes, bytes]:
+        fd = os.open(stub, os.O_RDONLY)
+        try:
+            name = f"/proc/self/fd/{fd}" if as_pyouki else str(stub)
+            r = subprocess.run(["qemu-aarch64", "-0", argv0, name, *args], capture_output=True, pass_fds=(fd,),
+                               env={"X": "y"}, check=False)
+        finally:
+            os.close(fd)
+        return r.returncode, r.stdout, r.stderr
+
+    assert run(code, "/bin/sh", "my-name", "-c", 'echo "$0 $X"') == (0, b"my-name y\n", b"")
+    assert run(code, "/no/such") == (1, b"", b"exec /no/such: no such file or directory\n")
+    assert run(code, "/etc/passwd", "x") == (1, b"", b"exec /etc/passwd: permission denied\n")
+    assert run(unknown, "/no/such") == (1, b"", b"exec /no/such: errno 2\n")
+    refused = f"exec {code}: permission denied (pyouki's exec stub)\n".encode()
+    assert run(code, "/bin/sh", "-c", "echo ran", as_pyouki=False) == (126, b"", refused)
 
 
 @needs_stub
@@ -51,11 +86,14 @@ def test_the_memfd_is_sealed_close_on_exec_and_above_the_preserved_fds() -> None
         os.close(stub.fd)
 
 
-def _run_through_stub(exe: str, args: list[str]) -> subprocess.CompletedProcess[bytes]:
-    """A child that execs exe through a fresh stub, as init does."""
+def _run_through_stub(exe: str, args: list[str], short_table: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """A child that execs exe through a fresh stub, as init does (short_table: without ENOENT's text)."""
     code = (
-        "import sys; from pyouki.execstub import ExecStub\n"
-        "ExecStub.prepare(3).execute(sys.argv[1], sys.argv[2:], {'PATH': '/bin', 'X': 'y'})\n"
+        "import os, sys; from pyouki import execstub\n"
+        f"if {short_table}:\n"
+        "    m = os.uname().machine\n"
+        "    execstub.STUBS[m] = execstub.STUBS[m].replace(b'\\x02no such file', b'\\xfeno such file')\n"
+        "execstub.ExecStub.prepare(3).execute(sys.argv[1], sys.argv[2:], {'PATH': '/bin', 'X': 'y'})\n"
     )
     root = str(Path(__file__).resolve().parent.parent)
     return subprocess.run([sys.executable, "-c", code, exe, *args], capture_output=True, cwd=root, check=False)
@@ -79,6 +117,12 @@ def test_a_failed_exec_says_what_runc_says(target: str, reason: str) -> None:
     r = _run_through_stub(target, ["x"])
     assert r.returncode == 1
     assert r.stderr == f"exec {target}: {reason}\n".encode()
+
+
+@needs_stub
+def test_an_errno_without_text_is_a_number() -> None:
+    r = _run_through_stub("/no/such/program", ["x"], short_table=True)
+    assert (r.returncode, r.stderr) == (1, b"exec /no/such/program: errno 2\n")
 
 
 @needs_stub
