@@ -457,23 +457,38 @@ class ExecStub:
         st = os.stat("/proc/self/exe")
         return cls(-1, (st.st_dev, st.st_ino))
 
-    def execute(self, exe: str, args: list[str], env: dict[str, str]) -> None:
+    def execute(self, exe: str, args: list[str], env: dict[str, str], filtered: bool = False) -> None:
         """execve args (args[0] is the program's argv[0]) with exe, through the stub; returns only
-        by raising the OSError of the failed execve."""
+        by raising the OSError of the failed execve.
+
+        filtered: a seccomp filter is (or is about to be) in force. A profile may know execve but
+        not execveat (its action for it may even be to kill), so the memfd is then run by its
+        /proc/self/fd path when /proc shows it; execveat(fd, "", AT_EMPTY_PATH) otherwise."""
         if self.fd < 0:
             self.refuse_runtime_exe(exe)
             os.execve(exe, args, env)
         argv = [exe, *args]
+        path = f"/proc/self/fd/{self.fd}"
+        if filtered and self._shown_at(path):
+            os.execve(path, argv, env)
         try:
             os.execve(self.fd, argv, env)  # fexecve: execveat(fd, "", argv, env, AT_EMPTY_PATH)
         except OSError as e:
+            if filtered or not self._shown_at(path):
+                raise
             first = e
         try:
-            # a seccomp profile that knows execve but not execveat (loaded already, when
-            # noNewPrivileges is false): the same memfd through /proc, where it is mounted
-            os.execve(f"/proc/self/fd/{self.fd}", argv, env)
+            os.execve(path, argv, env)  # execveat refused, by a filter loaded earlier or the kernel
         except OSError:
             raise first from None
+
+    def _shown_at(self, path: str) -> bool:
+        """Whether path (in the container's /proc, if any) is our memfd."""
+        try:
+            st, mine = os.stat(path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def refuse_runtime_exe(self, exe: str) -> None:
         """Without a stub: refuse a program, or a #! interpreter of it, that is our own interpreter

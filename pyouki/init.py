@@ -344,7 +344,7 @@ def exec_program(process: dict, exe: str, env: dict[str, str], seccomp: SeccompF
     if seccomp is not None and process.get("noNewPrivileges"):
         seccomp.load()
     try:
-        stub.execute(exe, process["args"], env)
+        stub.execute(exe, process["args"], env, filtered=seccomp is not None)
     except OSError as e:
         _exec_failed(exe, _reason(e))
 

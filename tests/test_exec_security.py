@@ -266,21 +266,29 @@ def test_only_stdio_and_preserved_fds_reach_exec(runner: Runner, bundle: Bundle,
 # --------------------------------------------------------------------------------------------
 
 
-def _old_profile(*missing: str) -> dict:
+def _old_profile(*missing: str, default: str = "SCMP_ACT_ERRNO") -> dict:
     path = Path(__file__).resolve().parent / "fixtures" / "clients" / "podman-rootful-config.json"
     profile = json.loads(path.read_text())["linux"]["seccomp"]
-    profile["defaultErrnoRet"] = 1  # EPERM, as docker's profiles of the time
+    profile["defaultAction"] = default
+    if default == "SCMP_ACT_ERRNO":
+        profile["defaultErrnoRet"] = 1  # EPERM, as docker's profiles of the time
+    else:
+        profile.pop("defaultErrnoRet", None)
     for rule in profile["syscalls"]:
         rule["names"] = [n for n in rule["names"] if n not in missing]
     profile["syscalls"] = [r for r in profile["syscalls"] if r["names"]]
     return profile
 
 
-@pytest.mark.parametrize("missing", [("close_range",), ("close_range", "execveat", "memfd_create")])
+@pytest.mark.parametrize(("missing", "default"), [
+    (("close_range",), "SCMP_ACT_ERRNO"),
+    (("close_range", "execveat", "memfd_create"), "SCMP_ACT_ERRNO"),
+    (("close_range", "execveat", "memfd_create"), "SCMP_ACT_KILL_PROCESS"),
+])
 @pytest.mark.parametrize("nnp", [False, True])
 def test_allow_list_profile_without_new_syscalls(runner: Runner, bundle: Bundle, missing: tuple[str, ...],
-                                                 nnp: bool) -> None:
-    bundle.linux["seccomp"] = _old_profile(*missing)
+                                                 default: str, nnp: bool) -> None:
+    bundle.linux["seccomp"] = _old_profile(*missing, default=default)
     bundle.process["noNewPrivileges"] = nnp
     bundle.sh("echo started; ls /proc/self/fd")
     r = runner.run(runner.new_id(), bundle).ok()
