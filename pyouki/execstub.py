@@ -9,8 +9,14 @@ execveat() a sealed memfd holding the stub below with argv = [path, *process.arg
 execve(argv[0], &argv[1], envp), so the program gets process.args as its argv, and at that moment
 /proc/self/exe is the sealed memfd: running /proc/self/exe (directly or as a #! interpreter) from
 the container only reaches the stub again, which refuses (it knows pyouki started it by AT_EXECFN,
-which is `/dev/fd/N` after execveat(fd, "", AT_EMPTY_PATH)). A failed execve prints runc's line,
-`exec PATH: REASON`, and exits 1, as runc's init does.
+which is `/dev/fd/N` after execveat(fd, "", AT_EMPTY_PATH), `/proc/self/fd/N` by the /proc path).
+A failed execve prints runc's line, `exec PATH: REASON`, and exits 1, as runc's init does.
+
+Two execs give the program the credentials one would: the stub has no file capabilities and no
+set-id bits, so its exec changes none of what the next one computes from (uids, inheritable,
+bounding and ambient sets). One difference remains: a root process whose permitted set is smaller
+than its bounding set gains capabilities at the first exec, so AT_SECURE is set for the stub, not
+for the program.
 
 Where there is no stub for the machine, or the kernel refuses executable memfds
 (vm.memfd_noexec=2), init falls back to refusing a program (or a chain of #! interpreters) whose
