@@ -78,10 +78,11 @@ class PrivateInterpreter:
 
 @pytest.fixture
 def attack(runtime: RuntimeInfo, runner: Runner, workdir: Path, bundle: Bundle) -> PrivateInterpreter:
-    """Rootful runner and bundle set up for the attack; the runtime runs on a private interpreter."""
-    if runner.rootless:
-        pytest.skip("rootful: the host interpreter is root's")
+    """Runner and bundle set up for the attack; the runtime runs on a private interpreter (rootless:
+    one the user owns, like a pyenv interpreter in a home directory)."""
     private = PrivateInterpreter(runtime, workdir)
+    if runner.owner:
+        os.chown(private.python, *runner.owner)
     if runtime.is_pyouki:
         runner.runtime = RuntimeInfo(path=str(private.launcher), name=runtime.name, is_pyouki=True)
     private.install_into(bundle.rootfs)
@@ -137,7 +138,7 @@ def test_exec_process_is_never_the_runtime_interpreter(
         bundle.add_file("attack", "#!/proc/self/exe -S\n" + PAYLOAD, 0o755)
     cid = runner.new_id()
     runner.run(cid, bundle, "-d").ok()
-    pid_file = runner.workdir / "exec.pid"
+    pid_file = runner.rundir / "exec.pid"
     args = ["/attack"] if how == "script" else ["/proc/self/exe", "-S", "-c", PAYLOAD]
     runner.cmd("exec", "-d", "--pid-file", str(pid_file), cid, *args).ok()
     _assert_not_attacked(attack, bundle, int(pid_file.read_text()))
