@@ -145,6 +145,33 @@ def test_exec_process_is_never_the_runtime_interpreter(
     runner.delete(cid, "-f").ok()
 
 
+def test_without_executable_memfds_the_interpreter_is_refused(runtime: RuntimeInfo, runner: Runner, bundle: Bundle,
+                                                                attack: PrivateInterpreter) -> None:
+    """The fallback: where the kernel gives no executable memfd (vm.memfd_noexec=2, set here in a
+    throw-away pid namespace, which scopes it), a program that is the interpreter is refused."""
+    if not runtime.is_pyouki or runner.rootless:
+        pytest.skip("pyouki's fallback; the pid namespace's sysctl needs root")
+    setting = Path("/proc/sys/vm/memfd_noexec")
+    if not setting.exists():
+        pytest.skip("no vm.memfd_noexec (linux < 6.3)")
+    host_value = setting.read_text()
+    bundle.add_file("attack", "#!/proc/self/exe -S\n" + PAYLOAD, 0o755)
+    for args, refused in ((["true"], False), (["/proc/self/exe", "-S", "-c", PAYLOAD], True), (["/attack"], True)):
+        bundle.set_args(*args)
+        argv = runner.argv(["run", "--bundle", str(bundle.path), runner.new_id()])
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c",
+                            'echo 2 > /proc/sys/vm/memfd_noexec && exec "$@"', "sh", *argv],
+                           capture_output=True, text=True, env=runner.env(), cwd=runner.workdir, timeout=60,
+                           check=False)
+        if refused:
+            assert r.returncode != 0, r
+            assert "process.args[0]: " in r.stderr and "is the runtime's own interpreter" in r.stderr, r
+        else:
+            assert r.returncode == 0, r
+    assert setting.read_text() == host_value
+    _assert_not_attacked(attack, bundle, 0)
+
+
 def test_proc_self_exe_runs_only_the_stub(runtime: RuntimeInfo, runner: Runner, bundle: Bundle) -> None:
     """What remains of /proc/self/exe for the container: a sealed copy of the stub, which refuses."""
     if not runtime.is_pyouki:
