@@ -7,6 +7,9 @@ of the interpreter (never the real one), in a rootfs where that interpreter can 
 
 CVE-2024-21626 shape: a directory fd of the caller's reaching the container lets process.cwd =
 /proc/self/fd/N start the program outside the rootfs. The leaked fd is a test directory, never /.
+
+runc 1.1.5 passes all of them on the same bundles (its init is a sealed memfd copy of runc; it
+refuses such a cwd), except for keeping signals the caller ignored, which it resets.
 """
 
 from __future__ import annotations
