@@ -17,6 +17,10 @@ from pyouki.channel import Channel
 from pyouki.errors import ContainerError, PyoukiError
 from pyouki.state import Container
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pyouki.execstub import ExecStub
+
 # the /proc/PID/ns names, in join order (user first: it grants the rights for the others)
 NS_JOIN = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("pid", "pid"),
            ("cgroup", "cgroup"), ("time", "time"), ("mount", "mnt"))
@@ -187,7 +191,9 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         down_w.close()
         if console_parent is not None:
             console_parent.close()
-        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds, down_r, up_w)
+        # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
+        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + init.listen_fds(),
+                      down_r, up_w)
     up_w.close()
     down_r.close()
     for _, fd, _ in ns_fds:
@@ -259,11 +265,14 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
                   console_child: object, preserve_fds: int, down: Channel, up: Channel) -> None:
     """Join the namespaces and fork the process into them; never returns."""
     from pyouki import init
+    from pyouki.execstub import ExecStub
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 9)
         # nothing in the container may ptrace us or read our memory while we hold host fds
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        # on the host, before the container's filesystem and seccomp filter
+        stub = ExecStub.prepare(3 + preserve_fds)
         if down.receive()[0] != "go":
             os._exit(1)
         down.close()
@@ -278,7 +287,7 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
                 allowed = init.setgroups_allowed()
         pid = os.fork()
         if pid == 0:
-            _child(process, caps, seccomp, console_child, preserve_fds, allowed, up)
+            _child(process, caps, seccomp, console_child, preserve_fds, allowed, up, stub)
         up.send("pid", str(pid))
         os._exit(0)
     except PyoukiError as e:
@@ -289,12 +298,18 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
 
 
 def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # type: ignore[no-untyped-def]
-           setgroups_allowed: bool, up: Channel) -> None:
+           setgroups_allowed: bool, up: Channel, stub: ExecStub) -> None:
     """Become the process and exec it; errors go back over up; never returns."""
     from pyouki import init, lsm  # both loaded before the fork (pyouki.init imports pyouki.lsm)
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+        # before any path resolves in the container: no fd of the caller's but stdio and the
+        # preserved ones may be reachable through /proc/self/fd/N (CVE-2024-21626)
+        keep = [up.write_fd, stub.fd]
+        if console_child is not None:
+            keep.append(console_child.fileno())
+        init.close_fds(3 + preserve_fds, keep)
         user = process.get("user") or {}
         if console_child is not None:
             from pyouki import console
@@ -302,11 +317,9 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             os.setsid()
             console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
                                        int(user.get("gid", 0)))
-        exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds + init.listen_fds())
-        lsm.apply(process)  # AppArmor profile, SELinux label: entered at the execve below
-        if seccomp is not None and process.get("noNewPrivileges"):
-            seccomp.load()
-        os.execve(exe, process["args"], env)
+        exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds)
+        lsm.apply(process)  # AppArmor profile, SELinux label: entered at the exec below
+        init.exec_program(process, exe, env, seccomp, stub)
     except PyoukiError as e:
         up.send("error", str(e))
     except OSError as e:

@@ -6,11 +6,12 @@ so every module used here is imported at the top of this file, in the parent, be
 
 from __future__ import annotations
 
-import fcntl  # noqa: F401  (used by pyouki.syscalls.set_link_up in the forked child)
+import fcntl  # noqa: F401  (used by pyouki.syscalls.set_link_up and pyouki.execstub in the forked child)
 import os
 import resource  # noqa: F401  (used after pivot_root by pyouki.process.set_rlimits)
 import select
 import struct  # noqa: F401
+import sys
 
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
@@ -22,6 +23,7 @@ from pyouki.caps import CapabilitySets
 from pyouki.channel import Channel
 from pyouki.config import namespaces
 from pyouki.errors import PyoukiError
+from pyouki.execstub import ExecStub, script_interpreter
 from pyouki.mounts import CgroupView, cgroup_hierarchies
 from pyouki.process import environment, home_of, resolve_executable, set_rlimits, set_user
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     import socket
 
     from pyouki.seccomp import SeccompFilter
+    from pyouki.wasm import Handler as WasmModule
 
 NS_FLAGS = {
     "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
@@ -240,13 +243,14 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # our parent exits next; the container must outlive it
         os.setsid()
+        stub = ExecStub.prepare(3 + plan.preserve_fds)  # before the container's filesystem and seccomp
         if plan.new_keyring:
             _new_session_keyring(plan.container_id)
-        exe, env = _setup(plan, up, down)
+        exe, env = _setup(plan, up, down, stub)
         if plan.wasm is not None:  # compiled before ready: a bad module fails create
             plan.wasm = plan.wasm.load(exe)
         # AppArmor profile, SELinux label: requested now (a failure fails create, as with runc), entered
-        # at the execve below; startContainer hooks run under them too, as with runc
+        # at the exec; startContainer hooks run under them too, as with runc
         lsm.apply(plan.process)
         down.close()
         up.send("ready")
@@ -256,11 +260,7 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
             from pyouki import hooks
 
             hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
-        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
-            plan.seccomp.load()
-        if plan.wasm is not None:
-            plan.wasm.run(plan.process["args"], env)  # never returns
-        os.execve(exe, plan.process["args"], env)
+        exec_program(plan.process, exe, env, plan.seccomp, stub, plan.wasm)
     except PyoukiError as e:
         _report(up, str(e))
     except OSError as e:
@@ -293,7 +293,7 @@ def _hook_state(plan: Plan, status: str, pid: int) -> dict:
             "bundle": plan.bundle, "annotations": plan.config.get("annotations") or {}}
 
 
-def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]:
+def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str, dict[str, str]]:
     config, process, linux = plan.config, plan.process, plan.linux
     in_userns = plan.rootless or "user" in plan.namespaces
     rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
@@ -308,6 +308,12 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         from pyouki import hooks
 
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
+    # nothing of the caller's but stdio and the preserved fds may be open once paths resolve in the
+    # container: a leaked directory fd would be a way out through /proc/self/fd/N (CVE-2024-21626)
+    keep = [up.write_fd, down.read_fd, plan.fifo_fd, stub.fd, rootfd]
+    if plan.console_sock is not None:
+        keep.append(plan.console_sock.fileno())
+    close_fds(3 + plan.preserve_fds, keep)
     fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
     os.close(rootfd)
     # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
@@ -333,26 +339,93 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
 
 def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter | None, setgroups_allowed: bool,
                    preserve_fds: int) -> tuple[str, dict[str, str]]:
-    """Turn this process into process.* (rlimits, user, capabilities, cwd, no_new_privs, fds) and find
-    its executable; shared by init and exec. Returns (executable, environment) for execve."""
-    if seccomp is not None and not process.get("noNewPrivileges"):
-        # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
-        seccomp.load()
+    """Turn this process into process.* (fds, rlimits, user, capabilities, cwd, no_new_privs) and find
+    its executable; shared by init and exec. Returns (executable, environment) for exec_program."""
+    prepare_fds(preserve_fds)
     set_rlimits(process.get("rlimits") or [])
+    if seccomp is not None and not process.get("noNewPrivileges"):
+        # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: the last moment is before
+        # dropping capabilities; what follows must be allowed by the profile (as with runc)
+        seccomp.load()
     drop_privileges(caps, process.get("user") or {}, setgroups_allowed)
     env = environment(process.get("env") or [])
     if "HOME" not in env:
         env["HOME"] = home_of(os.getuid())  # runc fills it from the container's /etc/passwd
-    cwd = process.get("cwd") or "/"
+    enter_cwd(process.get("cwd") or "/")
+    exe = resolve_executable(process["args"][0], env)
+    if process.get("noNewPrivileges"):
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    return exe, env
+
+
+def enter_cwd(cwd: str) -> None:
+    """chdir to process.cwd, which must lead somewhere inside the container's root: getcwd fails
+    for a directory outside it (reached through a magic link such as /proc/self/fd/N)."""
     try:
         os.chdir(cwd)
     except OSError as e:
         raise PyoukiError(f"process.cwd: failed to change to {cwd}: {_reason(e)}") from None
-    exe = resolve_executable(process["args"][0], env)
-    if process.get("noNewPrivileges"):
-        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
-    prepare_fds(preserve_fds)
-    return exe, env
+    try:
+        inside = os.getcwd().startswith("/")  # glibc: ENOENT for the kernel's "(unreachable)/..."
+    except OSError:
+        inside = False
+    if not inside:
+        raise PyoukiError(f"process.cwd: {cwd} is outside the container's root filesystem")
+
+
+def exec_program(process: dict, exe: str, env: dict[str, str], seccomp: SeccompFilter | None,
+                 stub: ExecStub, wasm: WasmModule | None = None) -> None:
+    """The last steps of init (after start) and of exec's child, in this order, up to the container's
+    program: signal dispositions as the program expects them, the seccomp filter when
+    noNewPrivileges lets it wait until now, then execve through the sealed exec stub.
+
+    Never returns. A program that cannot be executed ends the process as runc's init does:
+    `exec PATH: REASON` on its stderr and status 1 (the stub does the same for what fails in it)."""
+    restore_signals()
+    missing = _missing_interpreter(exe)
+    if missing:
+        _exec_failed(exe, f"no such file or directory (its #! interpreter {missing} does not exist)")
+    if seccomp is not None and process.get("noNewPrivileges"):
+        seccomp.load()
+    if wasm is not None:
+        wasm.run(process["args"], env)  # run.oci.handler=wasm: the module instead of execve; never returns
+    try:
+        stub.execute(exe, process["args"], env, filtered=seccomp is not None)
+    except OSError as e:
+        _exec_failed(exe, _reason(e))
+
+
+def restore_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ for itself, and ignored signals survive execve: the program
+    gets them back at their default (as under runc), or `yes | head -1` says "Broken pipe".
+
+    The caller's own ignored signals (nohup's SIGHUP...) are kept; whether it had SIGPIPE or SIGXFSZ
+    ignored is lost when the interpreter starts, and runc resets those two as well."""
+    import _signal  # built in and loaded at start-up: no file to read (we may be past pivot_root)
+
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
+
+
+def _missing_interpreter(exe: str) -> str:
+    """The #! interpreter of exe when it does not exist ("" otherwise), to say so rather than the
+    kernel's bare ENOENT for a file that is there."""
+    try:
+        with open(exe, "rb") as f:
+            interpreter = script_interpreter(f.read(256))
+    except OSError:
+        return ""
+    if interpreter and not os.path.exists(interpreter):
+        return interpreter
+    return ""
+
+
+def _exec_failed(exe: str, reason: str) -> None:
+    try:
+        os.write(2, f"exec {exe}: {reason}\n".encode())
+    except OSError:
+        pass
+    os._exit(1)
 
 
 def _set_name(setter, value: str, field: str) -> None:  # type: ignore[no-untyped-def]
@@ -376,13 +449,64 @@ def drop_privileges(caps: CapabilitySets, user: dict, setgroups_allowed: bool) -
 
 
 def prepare_fds(preserve: int) -> None:
-    """Only stdio and the preserved fds reach the container: mark everything else close-on-exec."""
+    """Only stdio and the preserved fds reach the container: mark everything else close-on-exec
+    (close_range, or one by one through /proc/self/fd where a seccomp profile or the kernel
+    refuses close_range)."""
     for fd in range(3, 3 + preserve):
         try:
             os.set_inheritable(fd, True)
         except OSError:
             pass
-    sc.close_range_cloexec(3 + preserve)
+    try:
+        sc.close_range(3 + preserve, sc.CLOSE_RANGE_CLOEXEC)
+        return
+    except OSError:
+        pass
+    for fd in _open_fds():
+        if fd >= 3 + preserve:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own fd, closed already
+
+
+def close_fds(first: int, keep: list[int]) -> None:
+    """Close every fd from first upwards but those in keep (the runtime's own, all close-on-exec)."""
+    log = sys.modules.get("pyouki.log")
+    if log is not None:
+        keep = [*keep, log.fileno()]  # --log: still ours until exec
+    start = first
+    for fd in sorted({k for k in keep if k >= first}):
+        _close_range(start, fd - 1)
+        start = fd + 1
+    _close_range(start, 0xFFFFFFFF)
+
+
+def _close_range(first: int, last: int) -> None:
+    if first > last:
+        return
+    try:
+        sc.close_range(first, 0, last)
+        return
+    except OSError:
+        pass  # ENOSYS (before linux 5.9), or a seccomp profile without close_range
+    for fd in _open_fds():
+        if first <= fd <= last:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own fd, closed already
+
+
+def _open_fds() -> list[int]:
+    """The fds open in this process, from /proc/self/fd, or every number below RLIMIT_NOFILE
+    where /proc is not there."""
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        import resource
+
+        return list(range(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
 
 
 def _wait_for_start(fifo_fd: int) -> None:

@@ -37,7 +37,8 @@ def configure(path: str | None, fmt: str = "text", level: str = "warning", debug
 
 
 def fileno() -> int:
-    """The open --log file's descriptor, -1 without one (it is not the caller's to pass on)."""
+    """The open --log file's descriptor, -1 without one (not the caller's to pass on; forked children
+    keep it until they exec)."""
     return int(_settings["fd"]) if _settings["path"] else -1
 
 

@@ -170,12 +170,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     )
 
 
-def close_range_cloexec(first: int) -> None:
-    """Mark every fd from first upwards close-on-exec (close_range(2), CLOSE_RANGE_CLOEXEC)."""
+def close_range(first: int, flags: int = 0, last: int = 0xFFFFFFFF) -> None:
+    """close_range(2): close the fds first..last, or with CLOSE_RANGE_CLOEXEC mark them close-on-exec."""
     _check(
         _libc.syscall(
-            ctypes.c_long(_nr("close_range")), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
-            ctypes.c_uint(CLOSE_RANGE_CLOEXEC),
+            ctypes.c_long(_nr("close_range")), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags),
         )
     )
 
