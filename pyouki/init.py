@@ -15,6 +15,7 @@ import struct  # noqa: F401
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
 
+from pyouki import procattrs
 from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
@@ -298,6 +299,7 @@ def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter |
                    preserve_fds: int) -> tuple[str, dict[str, str]]:
     """Turn this process into process.* (rlimits, user, capabilities, cwd, no_new_privs, fds) and find
     its executable; shared by init and exec. Returns (executable, environment) for execve."""
+    procattrs.apply(process)  # personality, memory policy, scheduler, I/O priority: before seccomp and caps
     if seccomp is not None and not process.get("noNewPrivileges"):
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps
         seccomp.load()
