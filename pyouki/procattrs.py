@@ -101,6 +101,12 @@ def check(config: dict, process: dict | None = None) -> ProcAttrs:
     scheduler = process.get("scheduler") if "scheduler" in process else base.get("scheduler")
     if scheduler is not None:
         attrs.scheduler = _scheduler(scheduler)
+        s = attrs.scheduler
+        if (s.policy == "SCHED_DEADLINE" and "SCHED_FLAG_RESET_ON_FORK" not in s.flags and process is base
+                and ((config.get("hooks") or {}).get("startContainer"))):
+            # init runs them after taking on the scheduler, and a deadline task may not fork
+            raise ConfigError("process.scheduler.flags", "SCHED_DEADLINE without SCHED_FLAG_RESET_ON_FORK leaves "
+                              "init unable to start the startContainer hooks (a deadline task cannot fork)")
     io_priority = process.get("ioPriority") if "ioPriority" in process else base.get("ioPriority")
     if io_priority is not None:
         attrs.io_priority = _io_priority(io_priority)

@@ -196,12 +196,21 @@ def test_scheduler_realtime(runner: Runner, bundle: Bundle, policy: str, number:
 def test_scheduler_deadline(runner: Runner, bundle: Bundle) -> None:
     bundle.process["scheduler"] = {"policy": "SCHED_DEADLINE", "runtime": 2_000_000, "deadline": 10_000_000,
                                    "period": 20_000_000, "flags": ["SCHED_FLAG_RESET_ON_FORK"]}
+    # reset on fork: init can still fork its startContainer hooks (they start at SCHED_OTHER)
+    bundle.config["hooks"] = {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "true"]}]}
     cid, pid = started(runner, bundle)
     attr = sched_getattr(pid)
     assert (attr.policy, attr.runtime, attr.deadline, attr.period) == (6, 2_000_000, 10_000_000, 20_000_000)
     fields = _sched_fields(Path(f"/proc/{pid}/sched").read_text())
     assert fields["policy"] == "6" and fields["prio"] == "-1" and fields["dl.runtime"] != ""
     runner.kill(cid, "KILL").ok()
+
+
+def test_scheduler_deadline_and_start_hooks(runtime: RuntimeInfo, runner: Runner, bundle: Bundle) -> None:
+    """init runs startContainer hooks after taking on the scheduler: a deadline task cannot fork."""
+    bundle.process["scheduler"] = {"policy": "SCHED_DEADLINE", "runtime": 2_000_000, "deadline": 10_000_000}
+    bundle.config["hooks"] = {"startContainer": [{"path": "/bin/true"}]}
+    assert_refused(runtime, runner, bundle, "process.scheduler.flags", "SCHED_FLAG_RESET_ON_FORK", "startContainer")
 
 
 @rootless_only

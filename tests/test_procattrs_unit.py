@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pyouki import procattrs
@@ -43,3 +45,22 @@ def test_unknown_names_are_listed() -> None:
         procattrs.check({"process": {"ioPriority": {"class": "RT"}}})
     assert str(e.value) == ("process.ioPriority.class: unknown value 'RT' (known: IOPRIO_CLASS_RT, IOPRIO_CLASS_BE, "
                             "IOPRIO_CLASS_IDLE)")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the LINUX32 domain of x86_64")
+def test_syscall_numbers_survive_a_32_bit_personality() -> None:
+    """uname says i686 under LINUX32, but the interpreter (and its syscall numbers) stay x86_64's."""
+    from pyouki import syscalls as sc
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.personality(0x0008)
+            os.write(w, f"{os.uname().machine} {sc._nr('close_range')}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        assert f.read() == "i686 436"
