@@ -167,6 +167,9 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     oom = _optional(process, "oomScoreAdj", int, "process")
     if oom is not None and not -1000 <= oom <= 1000:
         raise ConfigError("process.oomScoreAdj", "must be between -1000 and 1000")
+    from pyouki import procattrs  # process.scheduler/ioPriority, linux.personality/memoryPolicy
+
+    procattrs.check(config)
 
     for i, m in enumerate(_optional(config, "mounts", list, "", [])):
         field = f"mounts[{i}]"

@@ -125,6 +125,9 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
         raise PyoukiError("--cgroup: joining a sub-cgroup is not supported yet")
     if process.get("terminal") and not opts.console_socket and opts.detach:
         raise PyoukiError("process.terminal: a detached exec with a terminal needs --console-socket")
+    from pyouki import procattrs  # scheduler, ioPriority (its own or the container's), personality, memoryPolicy
+
+    procattrs.check(config, process)
     return _spawn(container, config, process, opts)
 
 

@@ -19,7 +19,7 @@ def _systemd_driver() -> bool:
 
 def features() -> dict:
     """The Features structure as a dict, ready for JSON."""
-    from pyouki import seccomp, wasm
+    from pyouki import procattrs, seccomp, wasm
     from pyouki.caps import CAPABILITIES
     from pyouki.config import NAMESPACE_TYPES
     from pyouki.hooks import PHASES
@@ -29,6 +29,11 @@ def features() -> dict:
     annotations = {
         "io.github.pyouki.version": __version__,
         "io.github.pyouki.checkpoint.enabled": "false",
+        # applied, with no place of their own in the Features structure
+        "io.github.pyouki.linux.personality.domains": ",".join(procattrs.PERSONALITY_DOMAINS),
+        "io.github.pyouki.process.scheduler.policies": ",".join(procattrs.SCHED_POLICIES),
+        "io.github.pyouki.process.scheduler.flags": ",".join(procattrs.SCHED_FLAGS),
+        "io.github.pyouki.process.ioPriority.classes": ",".join(procattrs.IOPRIO_CLASSES),
     }
     if wasm.available():
         from importlib.metadata import PackageNotFoundError, version
@@ -63,6 +68,8 @@ def features() -> dict:
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
             "netDevices": {"enabled": False},
+            # the modes and flags pyouki recognizes (the kernel may lack some), as features-linux.md lists them
+            "memoryPolicy": {"modes": list(procattrs.MPOL_MODES), "flags": sorted(procattrs.MPOL_FLAGS)},
         },
         "annotations": annotations,
         # the annotations that choose the wasm handler (refused when pyouki cannot honour them)

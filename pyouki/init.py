@@ -16,7 +16,7 @@ import sys
 import _prctl  # noqa: F401  (used after pivot_root by pyouki.caps)
 import prctl  # noqa: F401
 
-from pyouki import lsm
+from pyouki import lsm, procattrs
 from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
@@ -343,6 +343,7 @@ def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter |
     its executable; shared by init and exec. Returns (executable, environment) for exec_program."""
     prepare_fds(preserve_fds)
     set_rlimits(process.get("rlimits") or [])
+    procattrs.apply(process)  # personality, memory policy, scheduler, I/O priority: before seccomp and caps
     if seccomp is not None and not process.get("noNewPrivileges"):
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: the last moment is before
         # dropping capabilities; what follows must be allowed by the profile (as with runc)

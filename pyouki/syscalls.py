@@ -60,9 +60,9 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 # x86_64 and aarch64 syscall numbers for what libc may not export
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "keyctl": 250, "bpf": 321, "close_range": 436, "openat2": 437,
-               "mount_setattr": 442},
+               "mount_setattr": 442, "sched_setattr": 314, "ioprio_set": 251, "set_mempolicy": 238},
     "aarch64": {"pivot_root": 41, "keyctl": 219, "bpf": 280, "close_range": 436, "openat2": 437,
-                "mount_setattr": 442},
+                "mount_setattr": 442, "sched_setattr": 274, "ioprio_set": 30, "set_mempolicy": 237},
 }
 CLOSE_RANGE_CLOEXEC = 4
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -85,11 +85,22 @@ def _check(result: int) -> int:
     return result
 
 
+def _machine() -> str:
+    """The architecture this interpreter runs as. Not uname's: under a 32-bit personality
+    (linux.personality LINUX32 is set before the container's last syscalls; `setarch i686 pyouki`)
+    uname says i686 while the syscall numbers stay x86_64's."""
+    import sys
+
+    multiarch = getattr(sys.implementation, "_multiarch", "")  # "x86_64-linux-gnu"
+    return multiarch.split("-")[0] if multiarch else os.uname().machine
+
+
 def _nr(name: str) -> int:
+    machine = _machine()
     try:
-        return _SYSCALLS[os.uname().machine][name]
+        return _SYSCALLS[machine][name]
     except KeyError:
-        raise OSError(38, f"{name}(2) number unknown for {os.uname().machine}") from None  # ENOSYS
+        raise OSError(38, f"{name}(2) number unknown for {machine}") from None  # ENOSYS
 
 
 def _b(value: str | None) -> bytes | None:
@@ -218,3 +229,56 @@ def fstatfs_type(fd: int) -> int:
     buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit; f_type comes first
     _check(_libc.fstatfs(ctypes.c_int(fd), buf))
     return ctypes.c_ulong.from_buffer(buf).value  # f_type is a word: long on every Linux ABI
+
+
+def personality(persona: int) -> None:
+    """personality(2): set the execution domain (kept across execve)."""
+    _libc.personality.restype = ctypes.c_int
+    _check(_libc.personality(ctypes.c_ulong(persona)))
+
+
+class SchedAttr(ctypes.Structure):
+    """struct sched_attr (linux/sched/types.h), SCHED_ATTR_SIZE_VER1: with the utilization clamps."""
+
+    _fields_ = [
+        ("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32), ("sched_flags", ctypes.c_uint64),
+        ("sched_nice", ctypes.c_int32), ("sched_priority", ctypes.c_uint32),
+        ("sched_runtime", ctypes.c_uint64), ("sched_deadline", ctypes.c_uint64), ("sched_period", ctypes.c_uint64),
+        ("sched_util_min", ctypes.c_uint32), ("sched_util_max", ctypes.c_uint32),
+    ]
+
+
+def sched_setattr(attr: SchedAttr) -> None:
+    """sched_setattr(2) for the calling thread (pid 0), by number: glibc before 2.41 has no wrapper."""
+    attr.size = ctypes.sizeof(attr)
+    _check(_libc.syscall(ctypes.c_long(_nr("sched_setattr")), ctypes.c_int(0), ctypes.byref(attr), ctypes.c_uint(0)))
+
+
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_SHIFT = 13
+
+
+def ioprio_set(ioprio: int) -> None:
+    """ioprio_set(2) for the calling process (IOPRIO_WHO_PROCESS, 0), by number: glibc has no wrapper."""
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_nr("ioprio_set")), ctypes.c_int(IOPRIO_WHO_PROCESS), ctypes.c_int(0), ctypes.c_int(ioprio)
+        )
+    )
+
+
+def set_mempolicy(mode: int, nodes: list[int]) -> None:
+    """set_mempolicy(2) for the calling thread: mode (with its MPOL_F_* flags) over the given
+    NUMA nodes (an empty list passes no node mask). By number: it is libnuma's, not glibc's."""
+    bits = 8 * ctypes.sizeof(ctypes.c_ulong)
+    words = (max(nodes) // bits + 1) if nodes else 0
+    mask = (ctypes.c_ulong * max(words, 1))()
+    for node in nodes:
+        mask[node // bits] |= 1 << (node % bits)
+    # maxnode counts one more than the bits the kernel reads (a historical off-by-one it keeps)
+    maxnode = words * bits + 1 if nodes else 0
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_nr("set_mempolicy")), ctypes.c_int(mode), mask if nodes else None, ctypes.c_ulong(maxnode)
+        )
+    )
