@@ -62,7 +62,7 @@ def features() -> dict:
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": False}},
-            "netDevices": {"enabled": False},
+            "netDevices": {"enabled": True},
         },
         "annotations": annotations,
         # the annotations that choose the wasm handler (refused when pyouki cannot honour them)
