@@ -117,7 +117,8 @@ _EXEC = (
     _flag(("--no-new-privs",), "no_new_privs", "set the no new privileges value for the process"),
     Opt(("--cap", "-c"), "caps", "list", "add a capability to the bounding set for the process, repeatable"),
     _PRESERVE,
-    _str(("--cgroup",), "cgroup", "run the process in an (existing) sub-cgroup: [<controller>:]<cgroup>"),
+    Opt(("--cgroup",), "cgroup", "list", "run the process in an (existing) sub-cgroup(s). Format is "
+        "[<controller>:]<cgroup>, repeatable"),
     _flag(("--ignore-paused",), "ignore_paused", "allow exec in a paused container"),
 )
 
