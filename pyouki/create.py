@@ -72,8 +72,13 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
     init_pid = 0
     cgroup = None
+    rdt = None
     try:
         container.lock()
+        if (config.get("linux") or {}).get("intelRdt") is not None:
+            from pyouki import intelrdt
+
+            rdt = intelrdt.prepare(config, opts.id)
         if opts.cgroups:
             from pyouki.cgroups import make_manager
 
@@ -98,6 +103,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup, netdevs)
         finally:
             os.close(fifo_fd)
+        if rdt is not None:
+            rdt.add_task(init_pid)  # init still waits for start: the container process runs in the group
         nss = namespaces(config)
         container.record = {
             "id": opts.id,
@@ -115,6 +122,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
             "pid_ns": "pid" in nss and nss["pid"] is None,
         }
+        if rdt is not None:
+            container.record["intel_rdt"] = rdt.to_state()
         container.save_config(config)
         container.save()
         if opts.pid_file:
@@ -135,6 +144,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             kill_and_reap(init_pid)
         if cgroup is not None:
             cgroup.remove()
+        if rdt is not None:
+            rdt.remove()
         container.remove_dir()
         raise
     finally:

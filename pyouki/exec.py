@@ -206,6 +206,10 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
             cgroup.add_task(pid)
+        if container.record.get("intel_rdt"):
+            from pyouki.intelrdt import Rdt
+
+            Rdt.from_state(container.record["intel_rdt"]).add_task(pid)  # and its RDT group, as runc
         down_w.send("go")
         while True:
             verb, arg = up.receive()

@@ -60,7 +60,7 @@ def features() -> dict:
             },
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
-            "intelRdt": {"enabled": False},
+            "intelRdt": {"enabled": True, "schemata": True, "monitoring": True},
             "mountExtensions": {"idmap": {"enabled": False}},
             "netDevices": {"enabled": True},
         },
