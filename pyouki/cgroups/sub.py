@@ -15,6 +15,8 @@ from pyouki.errors import PyoukiError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyouki.cgroups.manager import CgroupManager
 
 
@@ -86,21 +88,41 @@ def resolve(bases: dict[str, str], paths: dict[str, str]) -> list[str]:
 
 
 class SubCgroup:
-    """The manager exec uses with --cgroup: add_task only, into existing directories."""
+    """The manager exec uses with --cgroup: add_task only, into existing directories.
+
+    attach, when given, is the systemd driver's way in: a rootless caller may not move a process
+    into its delegated unit's sub-cgroup itself, systemd may (AttachProcessesToUnit's subcgroup).
+    """
 
     driver = "sub-cgroup"
 
-    def __init__(self, dirs: list[str]) -> None:
+    def __init__(self, dirs: list[str], attach: Callable[[int], None] | None = None) -> None:
         self.dirs = dirs
+        self.attach = attach
 
     def add_task(self, pid: int) -> None:
         """Write pid to every directory's cgroup.procs; a missing one is an error."""
-        for d in self.dirs:
-            c.enter(d, pid)
+        try:
+            for d in self.dirs:
+                c.enter(d, pid)
+        except PyoukiError as e:
+            if self.attach is None:
+                raise
+            try:
+                self.attach(pid)
+            except PyoukiError as e2:
+                raise PyoukiError(f"{e} ({e2})") from None
 
 
 def sub_cgroup(mgr: CgroupManager | None, args: list[str] | str) -> SubCgroup:
     """The sub-cgroup(s) of the container's cgroup that --cgroup names."""
     if mgr is None:
         raise PyoukiError("--cgroup: the container has no cgroup")
-    return SubCgroup(resolve(_bases(mgr), parse(args)))
+    paths = parse(args)
+    bases = _bases(mgr)
+    sub = SubCgroup(resolve(bases, paths))
+    unit = getattr(mgr, "unit", None)
+    if unit and list(bases) == [""] and not getattr(mgr, "is_slice", True):
+        systemd = mgr.systemd  # type: ignore[attr-defined]
+        sub.attach = lambda pid: systemd().attach_processes(unit, [pid], "/" + paths[""])
+    return sub
