@@ -19,6 +19,10 @@ import os
 
 from pyouki.errors import ConfigError, PyoukiError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pyouki.state import Container
+
 FIELD = "linux.intelRdt"
 _RESERVED = ("info", "mon_groups", "mon_data")  # resctrl's own entries in a group directory
 
@@ -220,3 +224,28 @@ def prepare(config: dict, container_id: str) -> Rdt | None:
         raise ConfigError(FIELD, "no resctrl filesystem is mounted (Intel RDT needs a CPU and kernel with "
                                  "it and `mount -t resctrl resctrl /sys/fs/resctrl`)")
     return Rdt.apply(root, rdt, container_id)
+
+
+def update_container(container: Container, schemas: dict) -> None:
+    """`update --l3-cache-schema/--mem-bw-schema`: rewrite the schemata of the container's own group,
+    or (as runc) give a container created without intelRdt a group of its own with them."""
+    flag = "--l3-cache-schema" if schemas.get("l3CacheSchema") else "--mem-bw-schema"
+    root = find_mount()
+    if root is None:
+        raise PyoukiError(f"{flag}: no resctrl filesystem is mounted (Intel RDT needs a CPU and kernel with it)")
+    state = container.record.get("intel_rdt")
+    if state:
+        rdt = Rdt.from_state(state)
+        if not rdt.created:
+            raise PyoukiError(f"{flag}: the container is in the resctrl group {rdt.group} of its closID, which "
+                              f"it does not own: change that group's schemata instead")
+        _write(os.path.join(rdt.group, "schemata"), "\n".join(schema_lines(schemas)) + "\n", FIELD)
+        return
+    rdt = Rdt.apply(root, schemas, container.id)
+    try:
+        rdt.add_task(container.pid)
+        container.record["intel_rdt"] = rdt.to_state()
+        container.save()
+    except BaseException:
+        rdt.remove()
+        raise

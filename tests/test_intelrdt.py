@@ -142,3 +142,28 @@ def test_create_without_resctrl_is_the_specs_error(runtime: RuntimeInfo, runner:
 def test_features_lists_intel_rdt(runner: Runner) -> None:
     doc = json.loads(runner.cmd("features", root=None).ok().stdout)
     assert doc["linux"]["intelRdt"] == {"enabled": True, "schemata": True, "monitoring": True}
+
+
+def test_update_flags_are_checked() -> None:
+    from pyouki.errors import PyoukiError
+    from pyouki.update import rdt_from_flags
+
+    assert rdt_from_flags({"l3_cache_schema": "L3:0=f", "mem_bw_schema": "MB:0=50", "memory": "1m"}) == \
+        {"l3CacheSchema": "L3:0=f", "memBwSchema": "MB:0=50"}
+    assert rdt_from_flags({"l3_cache_schema": None, "mem_bw_schema": ""}) == {}
+    with pytest.raises(PyoukiError, match="^invalid value for --mem-bw-schema: 'L3:0=f' does not start with MB:$"):
+        rdt_from_flags({"mem_bw_schema": "L3:0=f"})
+
+
+def test_update_without_resctrl_says_so(runtime: RuntimeInfo, runner: Runner,
+                                        make_bundle: Callable[..., Bundle]) -> None:
+    if find_mount() is not None:
+        pytest.skip("resctrl is mounted here: the error case cannot happen")
+    b = make_bundle(args=("sleep", "1000"))
+    cid = runner.new_id()
+    runner.create(cid, b).ok()
+    r = runner.cmd("update", "--l3-cache-schema", "L3:0=f", cid)
+    assert r.returncode != 0, r
+    if runtime.is_pyouki:
+        assert r.stderr.startswith("pyouki: --l3-cache-schema: no resctrl filesystem is mounted"), r
+    runner.delete(cid, "--force").ok()

@@ -98,8 +98,8 @@ _UPDATE = (
     _str(("--kernel-memory",), "kernel_memory", "kernel memory limit (deprecated and ignored, as by runc)"),
     _str(("--kernel-memory-tcp",), "kernel_memory_tcp", "kernel TCP buffer limit (deprecated and ignored)"),
     _str(("--pids-limit",), "pids_limit", "maximum number of pids allowed in the container, -1 for none"),
-    _str(("--l3-cache-schema",), "l3_cache_schema", "Intel RDT/CAT L3 cache schema (not supported)"),
-    _str(("--mem-bw-schema",), "mem_bw_schema", "Intel RDT/MBA memory bandwidth schema (not supported)"),
+    _str(("--l3-cache-schema",), "l3_cache_schema", "Intel RDT/CAT L3 cache schema (L3:...)"),
+    _str(("--mem-bw-schema",), "mem_bw_schema", "Intel RDT/MBA memory bandwidth schema (MB:...)"),
 )
 
 _EXEC = (
