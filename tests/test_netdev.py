@@ -104,6 +104,16 @@ def test_devices_are_moved_renamed_with_their_addresses_and_up(runner: Runner, h
 
 
 @root_only
+def test_sysctls_of_a_moved_device_apply(runner: Runner, host: NetNS, make_bundle: Callable[..., Bundle]) -> None:
+    """init waits for the move before writing linux.sysctl: the device's own keys exist by then."""
+    b = net_bundle(make_bundle, {"v0": {"name": "eth7"}}, "cat /proc/sys/net/ipv4/conf/eth7/forwarding")
+    b.linux["sysctl"] = {"net.ipv4.conf.eth7.forwarding": "1"}
+    b.write()
+    p = in_ns(runner, host, "run", "--bundle", str(b.path), runner.new_id())
+    assert p.returncode == 0 and p.stdout == "1\n", p
+
+
+@root_only
 def test_a_template_name_lets_the_kernel_choose(runner: Runner, host: NetNS,
                                                 make_bundle: Callable[..., Bundle]) -> None:
     b = net_bundle(make_bundle, {"v0": {"name": "net%d"}}, "ip -o addr show | grep 10.9.8.7")
