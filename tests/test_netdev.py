@@ -160,6 +160,7 @@ def test_a_failed_create_puts_the_devices_back(runner: Runner, host: NetNS,
     assert host.addresses("v0") == {"10.9.8.7/24", "fd00:9::7/64"}
     assert host.addresses("w0") == {"10.6.6.6/16"}
     assert "UP" in links["v0"]["flags"] and "UP" not in links["w0"]["flags"], links  # as they were
+    assert runner.state_entries() == [] and runner.leftover_pids() == []
 
 
 @pytest.mark.parametrize("devices, message", [
