@@ -23,6 +23,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from pyouki import init
     from pyouki.cgroups.manager import CgroupManager
+    from pyouki.netdev import NetDevices
 
 
 class CreateOptions:
@@ -59,6 +60,11 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         raise PyoukiError("process.terminal: a terminal needs --console-socket when the container is detached")
     if opts.console_socket and not terminal:
         raise PyoukiError("--console-socket: given, but process.terminal is false")
+    netdevs = None
+    if (config.get("linux") or {}).get("netDevices") is not None:
+        from pyouki import netdev  # imports pyroute2 (~150 ms) only for such a config
+
+        netdevs = netdev.NetDevices(netdev.check(config, namespaces(config), opts.rootless))
     try:
         os.mkdir(container.dir, 0o700)
     except FileExistsError:
@@ -67,8 +73,13 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
     init_pid = 0
     cgroup = None
+    rdt = None
     try:
         container.lock()
+        if (config.get("linux") or {}).get("intelRdt") is not None:
+            from pyouki import intelrdt
+
+            rdt = intelrdt.prepare(config, opts.id)
         if opts.cgroups:
             from pyouki.cgroups import make_manager
 
@@ -90,9 +101,11 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         try:
-            init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
+            init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup, netdevs)
         finally:
             os.close(fifo_fd)
+        if rdt is not None:
+            rdt.add_task(init_pid)  # init still waits for start: the container process runs in the group
         nss = namespaces(config)
         container.record = {
             "id": opts.id,
@@ -110,6 +123,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
             "pid_ns": "pid" in nss and nss["pid"] is None,
         }
+        if rdt is not None:
+            container.record["intel_rdt"] = rdt.to_state()
         container.save_config(config)
         container.save()
         if opts.pid_file:
@@ -124,14 +139,20 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             master = -1
         container.console_master = master
     except BaseException:
+        if netdevs is not None:
+            netdevs.restore()  # before init dies: its network namespace would destroy them
         if init_pid:
             kill_and_reap(init_pid)
         if cgroup is not None:
             cgroup.remove()
+        if rdt is not None:
+            rdt.remove()
         container.remove_dir()
         raise
     finally:
         container.unlock()
+        if netdevs is not None:
+            netdevs.close()
     log.debug(f"container {opts.id} created with init pid {init_pid}")
     return container
 
@@ -208,7 +229,7 @@ def kill_and_reap(pid: int) -> None:
 
 
 def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int,
-           cgroup: CgroupManager | None) -> tuple[int, int]:
+           cgroup: CgroupManager | None, netdevs: NetDevices | None = None) -> tuple[int, int]:
     """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
     the terminal's master fd (-1 without a terminal)."""
     from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
@@ -260,6 +281,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 init_pid = int(arg)
                 os.waitpid(pid, 0)
                 pid = 0
+                if netdevs is not None:  # init's network namespace exists: before the create hooks
+                    netdevs.move_into(init_pid)
             elif verb == "ready":
                 ready = True
             elif verb == "hooks":
@@ -280,6 +303,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             return init_pid, receive_master(console_parent)
         return init_pid, -1
     except BaseException:
+        if netdevs is not None:
+            netdevs.restore()
         if init_pid:
             kill_and_reap(init_pid)
         raise

@@ -34,7 +34,7 @@ class ExecOptions:
                  caps: list[str] | None = None, no_new_privs: bool = False, apparmor: str | None = None,
                  process_label: str | None = None, tty: bool = False, console_socket: str | None = None,
                  pid_file: str | None = None, detach: bool = False, preserve_fds: int = 0,
-                 ignore_paused: bool = False, cgroup: str | None = None) -> None:
+                 ignore_paused: bool = False, cgroup: list[str] | str | None = None) -> None:
         self.args = list(args or [])
         self.process_file = process_file
         self.env = list(env or [])
@@ -122,7 +122,9 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     _check_process(process)
     lsm.check(process)
     if opts.cgroup:
-        raise PyoukiError("--cgroup: joining a sub-cgroup is not supported yet")
+        from pyouki.cgroups.sub import parse
+
+        parse(opts.cgroup)  # a malformed --cgroup fails before anything starts, as in runc
     if process.get("terminal") and not opts.console_socket and opts.detach:
         raise PyoukiError("process.terminal: a detached exec with a terminal needs --console-socket")
     from pyouki import procattrs  # scheduler, ioPriority (its own or the container's), personality, memoryPolicy
@@ -185,6 +187,10 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         from pyouki.cgroups import manager_from_state
 
         cgroup = manager_from_state(container.record["cgroup"])
+    if opts.cgroup:
+        from pyouki.cgroups.sub import sub_cgroup
+
+        cgroup = sub_cgroup(cgroup, opts.cgroup)  # type: ignore[assignment]
     if not opts.detach:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     up, down_w, down_r, up_w = pipe_pair()
@@ -208,6 +214,10 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
             cgroup.add_task(pid)
+        if container.record.get("intel_rdt"):
+            from pyouki.intelrdt import Rdt
+
+            Rdt.from_state(container.record["intel_rdt"]).add_task(pid)  # and its RDT group, as runc
         down_w.send("go")
         while True:
             verb, arg = up.receive()

@@ -65,9 +65,9 @@ def features() -> dict:
             },
             "apparmor": {"enabled": True},  # supported by pyouki, whether or not this host runs it
             "selinux": {"enabled": True},
-            "intelRdt": {"enabled": False},
+            "intelRdt": {"enabled": True, "schemata": True, "monitoring": True},
             "mountExtensions": {"idmap": {"enabled": False}},
-            "netDevices": {"enabled": False},
+            "netDevices": {"enabled": True},
             # the modes and flags pyouki recognizes (the kernel may lack some), as features-linux.md lists them
             "memoryPolicy": {"modes": list(procattrs.MPOL_MODES), "flags": sorted(procattrs.MPOL_FLAGS)},
         },

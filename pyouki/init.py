@@ -74,6 +74,9 @@ class Plan:
 
         # createRuntime/prestart run in the parent while init waits before pivot_root
         self.hook_sync = hooks.has(config, "prestart", "createRuntime", "createContainer")
+        # linux.netDevices: the parent moves them in meanwhile (pyouki.netdev); the same wait keeps
+        # linux.sysctl and the hooks from running before they are there
+        self.hook_sync = self.hook_sync or bool(self.linux.get("netDevices"))
         self.start_hooks = hooks.has(config, "startContainer")
         # the child's end of the terminal socketpair, when process.terminal
         self.console_sock: socket.socket | None = None

@@ -182,6 +182,10 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
         config = container.config() if container.record.get("hooks") else None
         state = container.oci_state()
         _remove_cgroup(container)
+        if container.record.get("intel_rdt"):
+            from pyouki.intelrdt import Rdt
+
+            Rdt.from_state(container.record["intel_rdt"]).remove()
         container.remove_dir()
         if config is not None:
             from pyouki import hooks

@@ -73,9 +73,7 @@ def _parse(flag: str, kind: str, text: str) -> int | str:
 
 def resources_from_flags(options: dict) -> dict:
     """A LinuxResources dict from update's flags (only those given)."""
-    for dest, flag in (("l3_cache_schema", "--l3-cache-schema"), ("mem_bw_schema", "--mem-bw-schema")):
-        if options.get(dest):
-            raise PyoukiError(f"{flag}: intel rdt is not supported by pyouki")
+    rdt_from_flags(options)  # checked with the others, applied by update()
     resources: dict = {}
     for dest, (flag, section, key, kind) in FLAGS.items():
         text = options.get(dest)
@@ -83,6 +81,20 @@ def resources_from_flags(options: dict) -> dict:
             continue
         resources.setdefault(section, {})[key] = _parse(flag, kind, str(text))
     return resources
+
+
+def rdt_from_flags(options: dict) -> dict:
+    """The Intel RDT schemas of --l3-cache-schema and --mem-bw-schema (only those given), checked."""
+    rdt = {}
+    for dest, flag, key, prefix in (("l3_cache_schema", "--l3-cache-schema", "l3CacheSchema", ""),
+                                    ("mem_bw_schema", "--mem-bw-schema", "memBwSchema", "MB:")):
+        text = options.get(dest)
+        if text:
+            if "\n" in text or not text.startswith(prefix):
+                raise PyoukiError(f"invalid value for {flag}: {text!r}" + (f" does not start with {prefix}"
+                                                                           if prefix else " has a newline"))
+            rdt[key] = text
+    return rdt
 
 
 def read_resources(path: str) -> dict:
@@ -127,13 +139,20 @@ def effective(resources: dict) -> dict:
     return out
 
 
-def update(root: str, container_id: str, resources: dict) -> None:
-    """Apply resources to the container's cgroup; errors name the field (linux.resources.memory.limit)."""
+def update(root: str, container_id: str, resources: dict, rdt: dict | None = None) -> None:
+    """Apply resources to the container's cgroup, and rdt (l3CacheSchema/memBwSchema) to its resctrl
+    group; errors name the field (linux.resources.memory.limit)."""
     container = load(root, container_id).lock()
     try:
         status = container.status()
         if status == "stopped":
             raise ContainerError(f"cannot update container {container_id}: {NOT_RUNNING}")
+        if rdt:
+            from pyouki.intelrdt import update_container
+
+            update_container(container, rdt)
+            if not resources:
+                return
         manager = cgroup_manager(container, "update")
         changes = effective(resources)
         for key in ("kernel", "kernelTCP"):

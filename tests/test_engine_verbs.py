@@ -617,7 +617,7 @@ def test_update_flag_parsing() -> None:
                                 "cpuset_cpus": "0-1", "pids_limit": "20", "blkio_weight": None})
     assert got == {"memory": {"limit": 64 << 20, "swap": -1}, "cpu": {"quota": -1, "shares": 512, "cpus": "0-1"},
                    "pids": {"limit": 20}}
-    for bad in ({"cpu_share": "-2"}, {"memory": "12x"}, {"blkio_weight": "70000"}, {"l3_cache_schema": "L3:0=f"}):
+    for bad in ({"cpu_share": "-2"}, {"memory": "12x"}, {"blkio_weight": "70000"}, {"mem_bw_schema": "L3:0=f"}):
         with pytest.raises(PyoukiError):
             resources_from_flags(bad)
     # zero/empty means unchanged; device rules are never touched by an update

@@ -311,6 +311,14 @@ def test_exec_ps_pause_join_the_existing_unit(facts: dict[str, Any], mode: str, 
     assert (f["pause_rc"], f["paused"], f["resume_rc"], f["resumed"]) == (0, "paused", 0, "running")
 
 
+@pytest.mark.parametrize(("mode", "run"), [*RUNS, ("rootful", "slice")])
+def test_exec_cgroup_joins_a_sub_cgroup_of_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
+    """exec --cgroup on cgroup v2: the bare form; rootless, systemd attaches it (subcgroup)."""
+    f = facts[mode][run]
+    assert f["exec_sub"] == {"rc": 0, "stderr": "", "cgroup": f["created"]["ControlGroup"] + "/sub"}
+    assert f["exec_sub_v1_form"] == {"rc": 1, "stderr": "pyouki: invalid --cgroup argument: unknown controller memory"}
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
 def test_delete_removes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
     f = facts[mode][run]

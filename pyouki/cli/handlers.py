@@ -182,9 +182,11 @@ def cmd_update(globals_: dict, options: dict, args: dict) -> int:
     if options.get("resources"):
         # like runc: with --resources every other flag is ignored
         resources = update.read_resources(options["resources"])
+        rdt = None
     else:
         resources = update.resources_from_flags(options)
-    update.update(_root(globals_), _id(args), resources)
+        rdt = update.rdt_from_flags(options)
+    update.update(_root(globals_), _id(args), resources, rdt)
     return 0
 
 

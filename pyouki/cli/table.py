@@ -98,8 +98,8 @@ _UPDATE = (
     _str(("--kernel-memory",), "kernel_memory", "kernel memory limit (deprecated and ignored, as by runc)"),
     _str(("--kernel-memory-tcp",), "kernel_memory_tcp", "kernel TCP buffer limit (deprecated and ignored)"),
     _str(("--pids-limit",), "pids_limit", "maximum number of pids allowed in the container, -1 for none"),
-    _str(("--l3-cache-schema",), "l3_cache_schema", "Intel RDT/CAT L3 cache schema (not supported)"),
-    _str(("--mem-bw-schema",), "mem_bw_schema", "Intel RDT/MBA memory bandwidth schema (not supported)"),
+    _str(("--l3-cache-schema",), "l3_cache_schema", "Intel RDT/CAT L3 cache schema (L3:...)"),
+    _str(("--mem-bw-schema",), "mem_bw_schema", "Intel RDT/MBA memory bandwidth schema (MB:...)"),
 )
 
 _EXEC = (
@@ -117,7 +117,8 @@ _EXEC = (
     _flag(("--no-new-privs",), "no_new_privs", "set the no new privileges value for the process"),
     Opt(("--cap", "-c"), "caps", "list", "add a capability to the bounding set for the process, repeatable"),
     _PRESERVE,
-    _str(("--cgroup",), "cgroup", "run the process in an (existing) sub-cgroup: [<controller>:]<cgroup>"),
+    Opt(("--cgroup",), "cgroup", "list", "run the process in an (existing) sub-cgroup(s). Format is "
+        "[<controller>:]<cgroup>, repeatable"),
     _flag(("--ignore-paused",), "ignore_paused", "allow exec in a paused container"),
 )
 

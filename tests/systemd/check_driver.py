@@ -157,6 +157,18 @@ def join_verbs(root: str, cid: str, base: str, env: dict[str, str]) -> dict[str,
     facts["paused"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
     facts["resume_rc"] = pyouki("--root", root, "resume", cid, env=env).returncode
     facts["resumed"] = json.loads(pyouki("--root", root, "state", cid, env=env).stdout)["status"]
+    if "exec_cgroup" in facts:
+        # exec --cgroup: a sub-cgroup the caller made in the unit's (delegated) cgroup, cgroup v2's form
+        os.mkdir(f"/sys/fs/cgroup{facts['exec_cgroup']}/sub")
+        subpid = os.path.join(base, "sub.pid")
+        res = pyouki("--root", root, "exec", "--detach", "--pid-file", subpid, "--cgroup", "sub", cid, "sleep", "600",
+                     env=env)
+        facts["exec_sub"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        if res.returncode == 0:
+            with open(subpid) as f:
+                facts["exec_sub"]["cgroup"] = proc_cgroup(int(f.read()))
+        res = pyouki("--root", root, "exec", "--cgroup", "memory:sub", cid, "true", env=env)
+        facts["exec_sub_v1_form"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
     return facts
 
 
