@@ -210,7 +210,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
            cgroup: CgroupManager | None) -> tuple[int, int]:
     """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
     the terminal's master fd (-1 without a terminal)."""
-    from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
+    from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
                      opts.id, not opts.no_new_keyring)
@@ -230,6 +230,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         from pyouki import console
 
         console_parent, plan.console_sock = console.socketpair()
+    if any(isinstance(m, dict) and idmapmount.wanted(m) for m in config.get("mounts") or []):
+        idmapmount.prepare(config, bundle)  # as the runtime: init, in its user namespace, cannot
     up, down_w, down_r, up_w = pipe_pair()
     pid = os.fork()
     if pid == 0:
@@ -243,6 +245,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         os._exit(1)  # not reached
     up_w.close()
     down_r.close()
+    idmapmount.close_all()  # init has its own copies
     if plan.console_sock is not None:
         plan.console_sock.close()
     init_pid = 0

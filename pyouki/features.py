@@ -19,7 +19,7 @@ def _systemd_driver() -> bool:
 
 def features() -> dict:
     """The Features structure as a dict, ready for JSON."""
-    from pyouki import seccomp, wasm
+    from pyouki import idmapmount, seccomp, wasm
     from pyouki.caps import CAPABILITIES
     from pyouki.config import NAMESPACE_TYPES
     from pyouki.hooks import PHASES
@@ -43,8 +43,8 @@ def features() -> dict:
         "ociVersionMin": OCI_VERSION_MIN,
         "ociVersionMax": OCI_VERSION,
         "hooks": list(PHASES),
-        # tmpcopyup is accepted but not performed, idmap is refused: neither is listed
-        "mountOptions": sorted({*FLAGS, *PROPAGATION, *RECURSIVE}),
+        # tmpcopyup is accepted but not performed: not listed
+        "mountOptions": sorted({*FLAGS, *PROPAGATION, *RECURSIVE, *idmapmount.OPTIONS}),
         "linux": {
             "namespaces": sorted(NAMESPACE_TYPES),
             "capabilities": list(CAPABILITIES),
@@ -61,7 +61,7 @@ def features() -> dict:
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
-            "mountExtensions": {"idmap": {"enabled": False}},
+            "mountExtensions": {"idmap": {"enabled": True}},
             "netDevices": {"enabled": False},
         },
         "annotations": annotations,
