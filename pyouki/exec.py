@@ -182,6 +182,11 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     if not opts.detach:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     up, down_w, down_r, up_w = pipe_pair()
+    handover = None
+    if seccomp is not None and seccomp.notify:
+        from pyouki.seccomp_notify import Handover
+
+        handover = seccomp.handover = Handover(up_w.write_fd)
     pid = os.fork()
     if pid == 0:
         up.close()
@@ -195,7 +200,10 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         os.close(fd)
     if console_child is not None:
         console_child.close()
+    if handover is not None:
+        handover.close_child_end()
     child = 0
+    notify_pending = False
     try:
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
@@ -205,10 +213,18 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
             verb, arg = up.receive()
             if verb == "pid":
                 child = int(arg)
+            elif verb == "seccomp":  # the process loaded a filter with a listener: its fd goes to the agent
+                notify_pending = True
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
                 break
+            if notify_pending and child and handover is not None:
+                notify_pending = False
+                # the process's pid, with the container's state (as runc does)
+                st = container.oci_state()
+                state = {k: st[k] for k in ("ociVersion", "id", "status", "pid", "bundle")}
+                handover.forward(seccomp_config or {}, child, dict(state, annotations=config.get("annotations") or {}))
         os.waitpid(pid, 0)
         pid = 0
         if not child:
@@ -237,6 +253,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         down_w.close()
         if console_parent is not None:
             console_parent.close()
+        if handover is not None:
+            handover.close()
     if opts.detach:
         return 0
     return _wait(child, master)

@@ -51,12 +51,12 @@ def features() -> dict:
             "cgroup": {"v1": True, "v2": True, "systemd": systemd, "systemdUser": systemd, "rdma": True},
             "seccomp": {
                 "enabled": True,
-                # SCMP_ACT_NOTIFY is refused (no listener support)
-                "actions": sorted(a for a in seccomp._ACTIONS if seccomp._ACTIONS[a] != seccomp._ACT_NOTIFY),
+                # SCMP_ACT_NOTIFY with listenerPath (pyouki.seccomp_notify)
+                "actions": sorted(seccomp._ACTIONS),
                 "operators": sorted(seccomp._OPERATORS),
                 "archs": sorted(seccomp._ARCHES),
-                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._UNSUPPORTED_FLAGS}),
-                "supportedFlags": sorted(seccomp._FLAGS),
+                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS, *seccomp._UNSUPPORTED_FLAGS}),
+                "supportedFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS}),
             },
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},

@@ -214,6 +214,8 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         exe, env = _setup(plan, up, down)
         if plan.wasm is not None:  # compiled before ready: a bad module fails create
             plan.wasm = plan.wasm.load(exe)
+        if plan.seccomp is not None and plan.seccomp.notify:
+            plan.seccomp.load()  # its listener fd reaches the agent through create, still listening (runc's order)
         down.close()
         up.send("ready")
         up.close()

@@ -478,7 +478,7 @@ def test_features_validates_against_the_schema(runner: Runner, is_pyouki: bool) 
     assert sorted(linux["namespaces"]) == ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"]
     assert "CAP_SYS_ADMIN" in linux["capabilities"] and "CAP_CHECKPOINT_RESTORE" in linux["capabilities"]
     assert linux["cgroup"]["v1"] and linux["cgroup"]["v2"] and linux["cgroup"]["systemd"]
-    assert linux["seccomp"]["enabled"] and "SCMP_ACT_NOTIFY" not in linux["seccomp"]["actions"]
+    assert linux["seccomp"]["enabled"] and "SCMP_ACT_NOTIFY" in linux["seccomp"]["actions"]
     assert set(linux["seccomp"]["supportedFlags"]) <= set(linux["seccomp"]["knownFlags"])
     assert linux["apparmor"] == {"enabled": False} and linux["selinux"] == {"enabled": False}
     assert linux["mountExtensions"]["idmap"] == {"enabled": True}
