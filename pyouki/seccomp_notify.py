@@ -37,8 +37,12 @@ class Handover:
         Only sendmsg and write happen before the runtime has it (closing comes after: `close`
         may be notified, and then waits for the agent, which by then has the fd).
         """
-        socket.send_fds(self.child, [FD_NAME.encode()], [fd])
-        os.write(self.signal_fd, b"seccomp\n")
+        try:
+            socket.send_fds(self.child, [FD_NAME.encode()], [fd])
+            os.write(self.signal_fd, b"seccomp\n")
+        except OSError as e:
+            raise PyoukiError(f"linux.seccomp: failed to hand the listener fd to the runtime: "
+                              f"{(e.strerror or str(e)).lower()} (the profile must allow sendmsg and write)") from None
         os.close(fd)
         self.child.close()
 

@@ -161,6 +161,20 @@ def test_unreachable_listener_fails_create(runner: Runner, make_bundle: Callable
     assert cid not in runner.list_ids()
 
 
+def test_profile_refusing_the_hand_over_fails_create(runner: Runner, make_bundle: Callable[..., Bundle],
+                                                     agent: Agent) -> None:
+    """The listener fd leaves the container's process by sendmsg: a profile refusing it is told so."""
+    bundle = make_bundle()
+    profile = notify_profile(agent)
+    profile["syscalls"].append({"names": ["sendmsg"], "action": "SCMP_ACT_ERRNO"})
+    bundle.linux["seccomp"] = profile
+    bundle.write()
+    cid = runner.new_id()
+    result = runner.create(cid, bundle)
+    assert_failed_cleanly(runner.runtime, result, "linux.seccomp", "sendmsg")
+    assert cid not in runner.list_ids()
+
+
 @pytest.mark.parametrize("profile, field", [
     # a notify rule and nobody to answer it
     (notify_profile(None), "linux.seccomp.listenerPath: is required"),
