@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -162,3 +163,40 @@ def test_wanted_unit() -> None:
     assert idmapmount.wanted({"options": ["rbind", "ridmap"]})
     assert idmapmount.wanted({"options": ["bind"], "uidMappings": []})
     assert not idmapmount.wanted({"options": ["bind", "ro"]})
+
+
+def _crun_run(bundle: Bundle, workdir: Path) -> str:
+    """crun on the same bundle; this host's hybrid cgroups stop crun, so it runs in a private
+    mount namespace over a cgroup2-only /sys/fs/cgroup, without cgroup management."""
+    config = json.loads(bundle.config_path.read_text())
+    config["ociVersion"] = "1.0.2"  # Debian's crun 1.8.1 refuses newer ones
+    (workdir / "crun-bundle").mkdir()
+    os.symlink(bundle.rootfs, workdir / "crun-bundle" / "rootfs")
+    (workdir / "crun-bundle" / "config.json").write_text(json.dumps(config))
+    script = ("umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && "
+              f"exec crun --root {workdir}/crun-state --cgroup-manager=disabled run "
+              f"--bundle {workdir}/crun-bundle crun-{os.getpid()}")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("case", ["per-mount", "no-option", "userns"])
+def test_same_owners_as_crun(runner: Runner, make_bundle, workdir: Path, case: str) -> None:
+    _root_only(runner)
+    if not shutil.which("crun"):
+        pytest.skip("crun is not installed")
+    bundle = make_bundle()
+    src = _source(workdir)
+    if case == "userns":
+        bundle.add_namespace("user")
+        bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        bundle.linux["gidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        subprocess.run(["chown", "-R", "200000:200000", str(bundle.rootfs)], check=True)
+        _idmap_mount(bundle, src, ["bind", "idmap"], maps=None)
+    else:
+        _idmap_mount(bundle, src, ["bind"] if case == "no-option" else ["rbind", "ridmap"])
+    bundle.sh("stat -c '%n %u:%g' /m/f0 /m/f1234")
+    ours = runner.run(runner.new_id(), bundle).ok().stdout
+    assert ours == _crun_run(bundle, workdir)
