@@ -696,7 +696,12 @@ def _kernel_accepts(flags: int, nr: int) -> bool:
 
 
 def _enosys_stub(plan: _Plan, lib: ModuleType) -> bytes:
-    """runc's -ENOSYS stub for the filter's architectures (see pyouki.seccomp_enosys)."""
+    """runc's -ENOSYS stub for the filter's architectures (see pyouki.seccomp_enosys).
+
+    The maximum is taken over every name of every rule, as runc does. runc covers only the listed
+    `architectures` (none listed: no stub); the native one is covered here as well, since the
+    filter always contains it and an old profile without the list needs the fallback as much.
+    """
     from pyouki import seccomp_enosys
 
     names = {name for rule in plan.rules for name in rule.names}
