@@ -55,7 +55,7 @@ def features() -> dict:
                 "actions": sorted(seccomp._ACTIONS),
                 "operators": sorted(seccomp._OPERATORS),
                 "archs": sorted(seccomp._ARCHES),
-                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS, *seccomp._UNSUPPORTED_FLAGS}),
+                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS}),
                 "supportedFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS}),
             },
             "apparmor": {"enabled": False},

@@ -120,7 +120,6 @@ _BPF_MAXINSNS = 4096  # the kernel's limit for one filter
 # Flags libseccomp 2.5 has no attribute for: the kernel bit alone, probed in the kernel by
 # _kernel_accepts(). WAIT_KILLABLE_RECV (Linux 5.19) only means something with a listener.
 _KERNEL_ONLY_FLAGS: dict[str, int] = {"SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 1 << 5}
-_UNSUPPORTED_FLAGS: tuple[str, ...] = ()
 _FLAG_TSYNC = 1 << 0
 _FLAG_NEW_LISTENER = 1 << 3  # seccomp(2) returns the notify fd; set for any SCMP_ACT_NOTIFY rule
 _FLAG_TSYNC_ESRCH = 1 << 4  # with TSYNC, the kernel refuses NEW_LISTENER unless this is set too
@@ -479,6 +478,9 @@ class SeccompFilter:
         if res >= 0:
             self.loaded = True
         if res >= 0 and self.notify:
+            if self.handover is None:  # a caller that prepared no way to the runtime
+                os.close(res)
+                raise PyoukiError("linux.seccomp: no runtime to hand the seccomp listener fd to")
             self.handover.send(res)
             return
         if res == 0:

@@ -210,3 +210,22 @@ def test_features_list_notify(runner: Runner) -> None:
     assert "SCMP_ACT_NOTIFY" in doc["actions"]
     assert "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" in doc["supportedFlags"]
     assert set(doc["supportedFlags"]) <= set(doc["knownFlags"])
+
+
+def test_load_without_a_hand_over_is_an_error() -> None:
+    """A filter with a listener loaded where no runtime waits for the fd says so (no silent drop)."""
+    from test_seccomp import run_child
+
+    from pyouki.seccomp import compile_filter
+
+    f = compile_filter(notify_profile(None, listenerPath="/run/agent.sock"))
+    assert f.notify
+
+    def body(report: Callable[[str], None]) -> None:
+        try:
+            f.load()
+        except Exception as e:  # noqa: BLE001 - the message is what is checked
+            report(str(e))
+
+    child = run_child(body, user="nobody")
+    assert child.output.strip() == "linux.seccomp: no runtime to hand the seccomp listener fd to"
