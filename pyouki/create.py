@@ -232,7 +232,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
            cgroup: CgroupManager | None, netdevs: NetDevices | None = None) -> tuple[int, int]:
     """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
     the terminal's master fd (-1 without a terminal)."""
-    from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
+    from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
                      opts.id, not opts.no_new_keyring)
@@ -252,7 +252,15 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         from pyouki import console
 
         console_parent, plan.console_sock = console.socketpair()
+    if any(isinstance(m, dict) and idmapmount.wanted(m) for m in config.get("mounts") or []):
+        idmapmount.prepare(config, bundle)  # as the runtime: init, in its user namespace, cannot
     up, down_w, down_r, up_w = pipe_pair()
+    handover = None
+    if plan.seccomp is not None and plan.seccomp.notify:
+        from pyouki import OCI_VERSION
+        from pyouki.seccomp_notify import Handover
+
+        handover = plan.seccomp.handover = Handover(up_w.write_fd)
     pid = os.fork()
     if pid == 0:
         if console_parent is not None:
@@ -265,11 +273,15 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         os._exit(1)  # not reached
     up_w.close()
     down_r.close()
+    idmapmount.close_all()  # init has its own copies
+    if handover is not None:
+        handover.close_child_end()
     if plan.console_sock is not None:
         plan.console_sock.close()
     init_pid = 0
     ready = False
     hooks_pending = False
+    notify_pending = False
     try:
         # init and the intermediate share the pipe: init's "ready" may arrive before the
         # intermediate's "pid", so wait for both
@@ -287,10 +299,17 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 ready = True
             elif verb == "hooks":
                 hooks_pending = True
+            elif verb == "seccomp":  # init loaded a filter with a listener: its fd goes to the agent
+                notify_pending = True
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
                 raise PyoukiError("container init exited before it was ready")
+            if notify_pending and init_pid and handover is not None:
+                notify_pending = False
+                state = {"ociVersion": OCI_VERSION, "id": opts.id, "status": "creating", "pid": init_pid,
+                         "bundle": bundle, "annotations": config.get("annotations") or {}}
+                handover.forward(seccomp_config or {}, init_pid, state)
             if hooks_pending and init_pid:
                 hooks_pending = False
                 _run_create_hooks(config, opts, bundle, init_pid, down_w)
@@ -315,6 +334,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         down_w.close()
         if console_parent is not None:
             console_parent.close()
+        if handover is not None:
+            handover.close()
 
 
 def _run_create_hooks(config: dict, opts: CreateOptions, bundle: str, init_pid: int, down: Channel) -> None:

@@ -194,6 +194,11 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     if not opts.detach:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     up, down_w, down_r, up_w = pipe_pair()
+    handover = None
+    if seccomp is not None and seccomp.notify:
+        from pyouki.seccomp_notify import Handover
+
+        handover = seccomp.handover = Handover(up_w.write_fd)
     pid = os.fork()
     if pid == 0:
         up.close()
@@ -209,7 +214,10 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         os.close(fd)
     if console_child is not None:
         console_child.close()
+    if handover is not None:
+        handover.close_child_end()
     child = 0
+    notify_pending = False
     try:
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
@@ -223,10 +231,18 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
             verb, arg = up.receive()
             if verb == "pid":
                 child = int(arg)
+            elif verb == "seccomp":  # the process loaded a filter with a listener: its fd goes to the agent
+                notify_pending = True
             elif verb == "error":
                 raise PyoukiError(arg)
             elif verb == "eof":
                 break
+            if notify_pending and child and handover is not None:
+                notify_pending = False
+                # the process's pid, with the container's state (as runc does)
+                st = container.oci_state()
+                state = {k: st[k] for k in ("ociVersion", "id", "status", "pid", "bundle")}
+                handover.forward(seccomp_config or {}, child, dict(state, annotations=config.get("annotations") or {}))
         os.waitpid(pid, 0)
         pid = 0
         if not child:
@@ -255,6 +271,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         down_w.close()
         if console_parent is not None:
             console_parent.close()
+        if handover is not None:
+            handover.close()
     if opts.detach:
         return 0
     return _wait(child, master)
@@ -322,6 +340,8 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
         keep = [up.write_fd, stub.fd]
         if console_child is not None:
             keep.append(console_child.fileno())
+        if seccomp is not None and seccomp.handover is not None:
+            keep.append(seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
         init.close_fds(3 + preserve_fds, keep)
         user = process.get("user") or {}
         if console_child is not None:

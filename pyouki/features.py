@@ -19,7 +19,7 @@ def _systemd_driver() -> bool:
 
 def features() -> dict:
     """The Features structure as a dict, ready for JSON."""
-    from pyouki import procattrs, seccomp, wasm
+    from pyouki import idmapmount, procattrs, seccomp, wasm
     from pyouki.caps import CAPABILITIES
     from pyouki.config import NAMESPACE_TYPES
     from pyouki.hooks import PHASES
@@ -48,25 +48,25 @@ def features() -> dict:
         "ociVersionMin": OCI_VERSION_MIN,
         "ociVersionMax": OCI_VERSION,
         "hooks": list(PHASES),
-        # tmpcopyup is accepted but not performed, idmap is refused: neither is listed
-        "mountOptions": sorted({*FLAGS, *PROPAGATION, *RECURSIVE}),
+        # tmpcopyup is accepted but not performed: not listed
+        "mountOptions": sorted({*FLAGS, *PROPAGATION, *RECURSIVE, *idmapmount.OPTIONS}),
         "linux": {
             "namespaces": sorted(NAMESPACE_TYPES),
             "capabilities": list(CAPABILITIES),
             "cgroup": {"v1": True, "v2": True, "systemd": systemd, "systemdUser": systemd, "rdma": True},
             "seccomp": {
                 "enabled": True,
-                # SCMP_ACT_NOTIFY is refused (no listener support)
-                "actions": sorted(a for a in seccomp._ACTIONS if seccomp._ACTIONS[a] != seccomp._ACT_NOTIFY),
+                # SCMP_ACT_NOTIFY with listenerPath (pyouki.seccomp_notify)
+                "actions": sorted(seccomp._ACTIONS),
                 "operators": sorted(seccomp._OPERATORS),
                 "archs": sorted(seccomp._ARCHES),
-                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._UNSUPPORTED_FLAGS}),
-                "supportedFlags": sorted(seccomp._FLAGS),
+                "knownFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS}),
+                "supportedFlags": sorted({*seccomp._FLAGS, *seccomp._KERNEL_ONLY_FLAGS}),
             },
             "apparmor": {"enabled": True},  # supported by pyouki, whether or not this host runs it
             "selinux": {"enabled": True},
             "intelRdt": {"enabled": True, "schemata": True, "monitoring": True},
-            "mountExtensions": {"idmap": {"enabled": False}},
+            "mountExtensions": {"idmap": {"enabled": True}},
             "netDevices": {"enabled": True},
             # the modes and flags pyouki recognizes (the kernel may lack some), as features-linux.md lists them
             "memoryPolicy": {"modes": list(procattrs.MPOL_MODES), "flags": sorted(procattrs.MPOL_FLAGS)},

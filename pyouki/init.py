@@ -255,6 +255,8 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         # AppArmor profile, SELinux label: requested now (a failure fails create, as with runc), entered
         # at the exec; startContainer hooks run under them too, as with runc
         lsm.apply(plan.process)
+        if plan.seccomp is not None and plan.seccomp.notify:
+            plan.seccomp.load()  # its listener fd reaches the agent through create, still listening (runc's order)
         down.close()
         up.send("ready")
         up.close()
@@ -316,6 +318,8 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
     keep = [up.write_fd, down.read_fd, plan.fifo_fd, stub.fd, rootfd]
     if plan.console_sock is not None:
         keep.append(plan.console_sock.fileno())
+    if plan.seccomp is not None and plan.seccomp.handover is not None:
+        keep.append(plan.seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
     close_fds(3 + plan.preserve_fds, keep)
     fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
     os.close(rootfd)

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 
-from pyouki import lsm
+from pyouki import idmapmount, lsm
 from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError
 
@@ -84,14 +84,14 @@ class MountSpec:
                 self.recursive_set |= RECURSIVE[opt][0]
                 self.recursive_clear |= RECURSIVE[opt][1]
             elif opt in ("idmap", "ridmap"):
-                from pyouki.errors import ConfigError
-
-                raise ConfigError(f"{field}.options", f"option {opt!r} is not supported")
+                pass  # the mount is prepared idmapped by the runtime (pyouki.idmapmount), see `idmap`
             elif opt == "tmpcopyup":
                 pass  # a crun extension; the destination starts empty, as with runc
             else:
                 data.append(opt)
         self.data = ",".join(data)
+        # idmapped: prepared before the fork by pyouki.idmapmount, moved onto the destination here
+        self.idmap = idmapmount.wanted(entry)
         if self.type == "bind":
             self.flags |= sc.MS_BIND
 
@@ -251,7 +251,11 @@ def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | N
         ) from None
     mode = None
     try:
-        if m.is_bind:
+        if m.idmap:
+            if not idmapmount.attach(m.field, fd):
+                raise PyoukiError(f"{m.field}: the idmapped mount of {source} was not prepared")
+            fell_back = False
+        elif m.is_bind:
             sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
             fell_back = False
         else:

@@ -117,9 +117,18 @@ _FLAGS: dict[str, tuple[int, int]] = {
 _SECCOMP_SET_MODE_FILTER = 1
 _BPF_INSN_SIZE = 8  # sizeof(struct sock_filter)
 _BPF_MAXINSNS = 4096  # the kernel's limit for one filter
-# In the spec, but only meaningful with SCMP_ACT_NOTIFY (and libseccomp >= 2.6), which pyouki
-# does not implement.
-_UNSUPPORTED_FLAGS = ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",)
+# Flags libseccomp 2.5 has no attribute for: the kernel bit alone, probed in the kernel by
+# _kernel_accepts(). WAIT_KILLABLE_RECV (Linux 5.19) only means something with a listener.
+_KERNEL_ONLY_FLAGS: dict[str, int] = {"SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 1 << 5}
+_FLAG_TSYNC = 1 << 0
+_FLAG_NEW_LISTENER = 1 << 3  # seccomp(2) returns the notify fd; set for any SCMP_ACT_NOTIFY rule
+_FLAG_TSYNC_ESRCH = 1 << 4  # with TSYNC, the kernel refuses NEW_LISTENER unless this is set too
+_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+# The syscalls init makes between loading a filter with a listener and handing the listener fd to
+# the runtime (pyouki.seccomp_notify): notified, they would wait for a listener that cannot have
+# the fd yet. runc refuses `write` for the same reason.
+_NOT_NOTIFIABLE = ("write", "sendmsg")
+_ENOSYS = 38
 
 _MAX_ARGS = 6  # a syscall has at most six arguments
 _UINT32_MAX = 0xFFFFFFFF
@@ -153,7 +162,7 @@ class _Rule:
 class _Plan:
     """A validated `linux.seccomp`: everything libseccomp needs, as plain numbers."""
 
-    __slots__ = ("field", "default_action", "arches", "attrs", "kernel_flags", "rules")
+    __slots__ = ("field", "default_action", "arches", "attrs", "kernel_flags", "rules", "enosys")
 
     def __init__(
         self,
@@ -163,6 +172,7 @@ class _Plan:
         attrs: list[int],
         kernel_flags: int,
         rules: list[_Rule],
+        enosys: bool = False,
     ) -> None:
         self.field = field
         self.default_action = default_action
@@ -170,6 +180,8 @@ class _Plan:
         self.attrs = attrs
         self.kernel_flags = kernel_flags
         self.rules = rules
+        # runc's -ENOSYS stub: syscalls newer than the profile's newest get ENOSYS (seccomp_enosys)
+        self.enosys = enosys
 
 
 def _is_uint(value: Any, maximum: int) -> bool:
@@ -190,8 +202,6 @@ def _action(name: Any, errno_ret: Any, field: str, errno_field: str) -> int:
     if name not in _ACTIONS:
         raise ConfigError(field, f'unknown action "{name}"')
     action = _ACTIONS[name]
-    if action == _ACT_NOTIFY:
-        raise ConfigError(field, f'action "{name}" is not supported (no seccomp notify listener)')
     if errno_ret is None:
         # The spec and runc both default the return data to EPERM.
         return action | _EPERM if action in _ACTIONS_WITH_DATA else action
@@ -272,8 +282,9 @@ def _plan(seccomp: Any, field: str) -> _Plan:
     for i, flag in enumerate(_list_of(seccomp.get("flags", []), ffield, "strings")):
         if not isinstance(flag, str):
             raise ConfigError(f"{ffield}[{i}]", "must be a string")
-        if flag in _UNSUPPORTED_FLAGS:
-            raise ConfigError(f"{ffield}[{i}]", f'flag "{flag}" is not supported')
+        if flag in _KERNEL_ONLY_FLAGS:
+            kernel_flags |= _KERNEL_ONLY_FLAGS[flag]
+            continue
         if flag not in _FLAGS:
             raise ConfigError(f"{ffield}[{i}]", f'unknown flag "{flag}"')
         attrs.append(_FLAGS[flag][0])
@@ -302,9 +313,51 @@ def _plan(seccomp: Any, field: str) -> _Plan:
         if "action" not in call:
             raise ConfigError(f"{cfield}.action", "is required")
         action = _action(call["action"], call.get("errnoRet"), f"{cfield}.action", f"{cfield}.errnoRet")
+        if action == _ACT_NOTIFY:
+            for j, name in enumerate(names):
+                if name in _NOT_NOTIFIABLE:
+                    raise ConfigError(f"{cfield}.names[{j}]", f'SCMP_ACT_NOTIFY cannot be used for "{name}": the '
+                                      "runtime needs it to hand the listener its fd")
         groups = _conditions(call.get("args", []), f"{cfield}.args")
         rules.append(_Rule(cfield, list(names), action, groups))
-    return _Plan(field, default_action, arches, attrs, kernel_flags, rules)
+    kernel_flags = _notify_flags(seccomp, field, default_action, rules, kernel_flags)
+    return _Plan(field, default_action, arches, attrs, kernel_flags, rules, _wants_enosys(seccomp, default_action))
+
+
+def _notify_flags(seccomp: dict[str, Any], field: str, default_action: int, rules: list[_Rule], flags: int) -> int:
+    """The SCMP_ACT_NOTIFY checks; returns flags with NEW_LISTENER when a rule notifies.
+
+    Both halves are errors, never silently dropped: a notify rule without a listener to answer
+    it (its syscalls would fail with ENOSYS), and a listenerPath without any notify rule (the
+    agent would never hear from the container).
+    """
+    if default_action == _ACT_NOTIFY:
+        # runc's rule: every syscall, the runtime's own included, would wait for the listener
+        raise ConfigError(f"{field}.defaultAction", "SCMP_ACT_NOTIFY cannot be the default action")
+    notify = any(rule.action == _ACT_NOTIFY for rule in rules)
+    if notify and not seccomp.get("listenerPath"):
+        raise ConfigError(f"{field}.listenerPath", "is required when a rule uses SCMP_ACT_NOTIFY")
+    if "listenerPath" in seccomp and not notify:
+        raise ConfigError(f"{field}.listenerPath", "is set but no rule uses SCMP_ACT_NOTIFY")
+    if flags & _FLAG_WAIT_KILLABLE_RECV and not notify:
+        i = seccomp["flags"].index("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV")
+        raise ConfigError(f"{field}.flags[{i}]", "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs a rule with "
+                          "SCMP_ACT_NOTIFY")
+    if notify:
+        flags |= _FLAG_NEW_LISTENER
+        if flags & _FLAG_TSYNC:
+            flags |= _FLAG_TSYNC_ESRCH
+    return flags
+
+
+def _wants_enosys(seccomp: dict[str, Any], default_action: int) -> bool:
+    """runc's rule for its -ENOSYS stub: only under a default action that refuses (a permissive one
+    lets new syscalls through anyway; a tracer handles them itself), and unless the default errno
+    already is ENOSYS."""
+    permissive = (_ACTIONS["SCMP_ACT_ALLOW"], _ACTIONS["SCMP_ACT_LOG"])
+    if default_action in permissive or default_action & 0xFFFF0000 == _ACT_TRACE:
+        return False
+    return seccomp.get("defaultErrnoRet") != _ENOSYS
 
 
 def validate(seccomp: dict[str, Any], field: str = "linux.seccomp") -> None:
@@ -385,6 +438,9 @@ class SeccompFilter:
     def __init__(self, bpf: bytes, flags: int, seccomp_nr: int, skipped: list[str], rules: int) -> None:
         import ctypes
 
+        self.loaded = False
+        # with SCMP_ACT_NOTIFY rules: where load() hands the listener fd (see pyouki.seccomp_notify)
+        self.handover: Any = None
         self.bpf = bpf
         self.flags = flags
         self.seccomp_nr = seccomp_nr  # the native seccomp(2) syscall number
@@ -402,14 +458,31 @@ class SeccompFilter:
         )
         self._get_errno = ctypes.get_errno
 
+    @property
+    def notify(self) -> bool:
+        """True when a rule uses SCMP_ACT_NOTIFY: loading returns a listener fd to hand over."""
+        return bool(self.flags & _FLAG_NEW_LISTENER)
+
     def load(self) -> None:
         """Install the filter into the calling process with seccomp(SECCOMP_SET_MODE_FILTER).
 
         Needs no_new_privs set or CAP_SYS_ADMIN in the process's user namespace; the filter does
         not set no_new_privs itself (that is `process.noNewPrivileges`' job).  Imports nothing,
-        opens nothing: safe to call after pivot_root, just before execve.
+        opens nothing: safe to call after pivot_root, just before execve.  A second call does
+        nothing (a filter with a listener is loaded early, while the runtime still listens).
+        With SCMP_ACT_NOTIFY rules the listener fd goes straight to `handover` (seccomp_notify).
         """
+        if self.loaded:
+            return
         res = self._syscall(*self._args)
+        if res >= 0:
+            self.loaded = True
+        if res >= 0 and self.notify:
+            if self.handover is None:  # a caller that prepared no way to the runtime
+                os.close(res)
+                raise PyoukiError("linux.seccomp: no runtime to hand the seccomp listener fd to")
+            self.handover.send(res)
+            return
         if res == 0:
             return
         if res > 0:  # SECCOMP_FILTER_FLAG_TSYNC: the id of a thread that could not be synced
@@ -419,7 +492,7 @@ class SeccompFilter:
         raise PyoukiError(f"failed to load seccomp filter: {os.strerror(err).lower()}{hint}")
 
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the -ENOSYS stub
 
 
 def _libseccomp_version() -> str:
@@ -550,6 +623,11 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
                 f"{field}.architectures[{i}]", f'architecture "{name}" not supported by libseccomp'
             ) from None
 
+    for i, flag in enumerate(seccomp.get("flags") or []):
+        bit = _KERNEL_ONLY_FLAGS.get(flag, 0)
+        if bit and not _kernel_accepts(bit | _FLAG_NEW_LISTENER, lib.resolve_syscall(lib.Arch.NATIVE, "seccomp")):
+            raise ConfigError(f"{field}.flags[{i}]", f'flag "{flag}" not supported by the kernel')
+
     for i, attr in enumerate(plan.attrs):
         try:
             lib_filter.set_attr(attr, 1)
@@ -598,6 +676,8 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
             raise PyoukiError(f"failed to generate the seccomp filter: {_strerror(err)}") from None
         out.seek(0)
         bpf = out.read()
+    if plan.enosys:
+        bpf = _enosys_stub(plan, lib) + bpf
     insns = len(bpf) // _BPF_INSN_SIZE
     if insns > _BPF_MAXINSNS:
         # The kernel would refuse it with a bare EINVAL at load time, after pivot_root.
@@ -605,3 +685,34 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
             field, f"the filter has {insns} instructions, more than the kernel's {_BPF_MAXINSNS}"
         )
     return SeccompFilter(bpf, plan.kernel_flags, seccomp_nr, skipped, added)
+
+
+def _kernel_accepts(flags: int, nr: int) -> bool:
+    """Whether seccomp(2) (syscall nr) knows these filter flags: with no program it fails EFAULT
+    once the flags pass its check, EINVAL before (libseccomp probes the same way)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    res = libc.syscall(ctypes.c_long(nr), ctypes.c_uint(_SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), None)
+    return res < 0 and ctypes.get_errno() == 14  # EFAULT
+
+
+def _enosys_stub(plan: _Plan, lib: ModuleType) -> bytes:
+    """runc's -ENOSYS stub for the filter's architectures (see pyouki.seccomp_enosys).
+
+    The maximum is taken over every name of every rule, as runc does. runc covers only the listed
+    `architectures` (none listed: no stub); the native one is covered here as well, since the
+    filter always contains it and an old profile without the list needs the fallback as much.
+    """
+    from pyouki import seccomp_enosys
+
+    names = {name for rule in plan.rules for name in rule.names}
+    tokens = {lib.system_arch(), *(arch for _, arch in plan.arches)}
+    maxima: dict[int, tuple[int | None, int | None]] = {}
+    for token in tokens:
+        highest = max((nr for nr in (lib.resolve_syscall(token, n) for n in names) if nr >= 0), default=None)
+        x32 = token == _ARCHES["SCMP_ARCH_X32"]
+        native = seccomp_enosys.AUDIT_ARCH_X86_64 if x32 else token
+        plain, x32_max = maxima.get(native, (None, None))
+        maxima[native] = (plain, highest) if x32 else (highest, x32_max)
+    return seccomp_enosys.stub(maxima)

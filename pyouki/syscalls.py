@@ -60,9 +60,11 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 # x86_64 and aarch64 syscall numbers for what libc may not export
 _SYSCALLS = {
     "x86_64": {"pivot_root": 155, "keyctl": 250, "bpf": 321, "close_range": 436, "openat2": 437,
-               "mount_setattr": 442, "sched_setattr": 314, "ioprio_set": 251, "set_mempolicy": 238},
+               "mount_setattr": 442, "sched_setattr": 314, "ioprio_set": 251, "set_mempolicy": 238,
+               "open_tree": 428, "move_mount": 429},
     "aarch64": {"pivot_root": 41, "keyctl": 219, "bpf": 280, "close_range": 436, "openat2": 437,
-                "mount_setattr": 442, "sched_setattr": 274, "ioprio_set": 30, "set_mempolicy": 237},
+                "mount_setattr": 442, "sched_setattr": 274, "ioprio_set": 30, "set_mempolicy": 237,
+                "open_tree": 428, "move_mount": 429},
 }
 CLOSE_RANGE_CLOEXEC = 4
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -76,6 +78,11 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
 def _check(result: int) -> int:
@@ -267,6 +274,25 @@ def ioprio_set(ioprio: int) -> None:
     )
 
 
+def open_tree_clone(path: str, recursive: bool) -> int:
+    """open_tree(OPEN_TREE_CLONE): a detached copy of the mount tree at path (the mount alone, or
+    with its submounts when recursive), as a close-on-exec fd for mount_setattr and move_mount."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_libc.syscall(ctypes.c_long(_nr("open_tree")), ctypes.c_int(-100), _b(path), ctypes.c_uint(flags)))
+
+
+def mount_setattr_idmap(mount_fd: int, userns_fd: int, recursive: bool) -> None:
+    """mount_setattr(MOUNT_ATTR_IDMAP) on a detached mount: its ids are mapped through userns_fd's maps."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_nr("mount_setattr")), ctypes.c_int(mount_fd), b"",
+            ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+    )
+
+
 def set_mempolicy(mode: int, nodes: list[int]) -> None:
     """set_mempolicy(2) for the calling thread: mode (with its MPOL_F_* flags) over the given
     NUMA nodes (an empty list passes no node mask). By number: it is libnuma's, not glibc's."""
@@ -280,5 +306,15 @@ def set_mempolicy(mode: int, nodes: list[int]) -> None:
     _check(
         _libc.syscall(
             ctypes.c_long(_nr("set_mempolicy")), ctypes.c_int(mode), mask if nodes else None, ctypes.c_ulong(maxnode)
+        )
+    )
+
+
+def move_mount_fd(mount_fd: int, target_fd: int) -> None:
+    """move_mount(2) of the mount that mount_fd names onto the file that target_fd names (no paths)."""
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_nr("move_mount")), ctypes.c_int(mount_fd), b"", ctypes.c_int(target_fd), b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
         )
     )

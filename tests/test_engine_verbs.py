@@ -506,16 +506,16 @@ def test_features_validates_against_the_schema(runner: Runner, is_pyouki: bool) 
     # only what pyouki really does
     assert sorted(doc["hooks"]) == sorted(["prestart", "createRuntime", "createContainer", "startContainer",
                                            "poststart", "poststop"])
-    assert "tmpcopyup" not in doc["mountOptions"] and "idmap" not in doc["mountOptions"]
+    assert "tmpcopyup" not in doc["mountOptions"] and {"idmap", "ridmap"} <= set(doc["mountOptions"])
     assert {"ro", "rbind", "rro", "rprivate", "nosymfollow"} <= set(doc["mountOptions"])
     assert sorted(linux["namespaces"]) == ["cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"]
     assert "CAP_SYS_ADMIN" in linux["capabilities"] and "CAP_CHECKPOINT_RESTORE" in linux["capabilities"]
     assert linux["cgroup"]["v1"] and linux["cgroup"]["v2"] and linux["cgroup"]["systemd"]
-    assert linux["seccomp"]["enabled"] and "SCMP_ACT_NOTIFY" not in linux["seccomp"]["actions"]
+    assert linux["seccomp"]["enabled"] and "SCMP_ACT_NOTIFY" in linux["seccomp"]["actions"]
     assert set(linux["seccomp"]["supportedFlags"]) <= set(linux["seccomp"]["knownFlags"])
     # supported by the runtime (runtime-spec: "irrelevant to the availability ... on the host")
     assert linux["apparmor"] == {"enabled": True} and linux["selinux"] == {"enabled": True}
-    assert linux["mountExtensions"]["idmap"] == {"enabled": False}
+    assert linux["mountExtensions"]["idmap"] == {"enabled": True}
 
 
 def test_features_bad_document_is_caught() -> None:

@@ -185,7 +185,29 @@ BAD_CONFIGS: list[tuple[Any, str]] = [
     ),
     (
         {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]},
-        'linux.seccomp.flags[0]: flag "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV" is not supported',
+        "linux.seccomp.flags[0]: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV needs a rule with SCMP_ACT_NOTIFY",
+    ),
+    (
+        {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"},
+        "linux.seccomp.listenerPath: is set but no rule uses SCMP_ACT_NOTIFY",
+    ),
+    (
+        _with_rules({"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}),
+        "linux.seccomp.listenerPath: is required when a rule uses SCMP_ACT_NOTIFY",
+    ),
+    (
+        {"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/run/agent.sock"},
+        "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action",
+    ),
+    (
+        _with_rules({"names": ["mkdir", "sendmsg"], "action": "SCMP_ACT_NOTIFY"}, listenerPath="/run/agent.sock"),
+        'linux.seccomp.syscalls[0].names[1]: SCMP_ACT_NOTIFY cannot be used for "sendmsg": the runtime needs '
+        "it to hand the listener its fd",
+    ),
+    (
+        _with_rules({"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY", "errnoRet": 1}, listenerPath="/a"),
+        'linux.seccomp.syscalls[0].errnoRet: is only valid with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not '
+        '"SCMP_ACT_NOTIFY"',
     ),
     (
         {"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "x"},
@@ -200,11 +222,6 @@ BAD_CONFIGS: list[tuple[Any, str]] = [
             {"names": ["read"], "action": "SCMP_ACT_LOG"}, {"names": ["mkdir"], "action": "SCMP_ACT_FOO"}
         ),
         'linux.seccomp.syscalls[1].action: unknown action "SCMP_ACT_FOO"',
-    ),
-    (
-        _with_rules({"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}, listenerPath="/run/agent.sock"),
-        'linux.seccomp.syscalls[0].action: action "SCMP_ACT_NOTIFY" is not supported '
-        "(no seccomp notify listener)",
     ),
     (_with_rules({"action": "SCMP_ACT_ERRNO"}), "linux.seccomp.syscalls[0].names: is required"),
     (_with_rules({"names": ["mkdir"]}), "linux.seccomp.syscalls[0].action: is required"),
@@ -330,9 +347,10 @@ def test_validate_accepts_every_spec_value() -> None:
                 "SECCOMP_FILTER_FLAG_TSYNC",
                 "SECCOMP_FILTER_FLAG_LOG",
                 "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+                "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",
             ],
             "listenerPath": "/run/agent.sock",
-            "listenerMetadata": "unused without SCMP_ACT_NOTIFY",
+            "listenerMetadata": "for the agent",
             "syscalls": [
                 {"names": ["a"], "action": action}
                 for action in (
@@ -344,6 +362,7 @@ def test_validate_accepts_every_spec_value() -> None:
                     "SCMP_ACT_TRACE",
                     "SCMP_ACT_ALLOW",
                     "SCMP_ACT_LOG",
+                    "SCMP_ACT_NOTIFY",
                 )
             ]
             + [
