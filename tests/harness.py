@@ -647,3 +647,15 @@ def read_json_log(path: Path) -> list[dict[str, Any]]:
         if line.strip():
             entries.append(json.loads(line))
     return entries
+
+
+# A shell prologue for running a reference runtime (crun) inside `unshare -m --propagation private`:
+# a throw-away /dev with fresh nodes, so whatever that runtime does to the devices it binds or
+# creates stays in a tmpfs that disappears with the mount namespace. Its stdio must not be the
+# host's /dev/null either: crun 1.8 with a user namespace chowns the container's stdio fds to the
+# container's root, /dev/null included (runc skips it), so give it pipes (`input=""`).
+THROWAWAY_DEV = (
+    "mount -t tmpfs -o mode=755,nosuid tmpfs /dev && "
+    + "".join(f"mknod -m 666 /dev/{name} c {major} {minor} && " for name, major, minor in (
+        ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)))
+)

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import Bundle, Runner, assert_failed_cleanly, detach_mounts_under
+from harness import THROWAWAY_DEV, Bundle, Runner, assert_failed_cleanly, detach_mounts_under
 
 from pyouki import idmapmount
 
@@ -173,10 +173,10 @@ def _crun_run(bundle: Bundle, workdir: Path) -> str:
     (workdir / "crun-bundle").mkdir()
     os.symlink(bundle.rootfs, workdir / "crun-bundle" / "rootfs")
     (workdir / "crun-bundle" / "config.json").write_text(json.dumps(config))
-    script = ("umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && "
+    script = (THROWAWAY_DEV + "umount -l /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && "
               f"exec crun --root {workdir}/crun-state --cgroup-manager=disabled run "
               f"--bundle {workdir}/crun-bundle crun-{os.getpid()}")
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], input="",
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly
+from harness import THROWAWAY_DEV, Bundle, Runner, RuntimeInfo, assert_failed_cleanly
 
 root_only = pytest.mark.parametrize("mode", ["root"])
 rootless_only = pytest.mark.parametrize("mode", ["rootless"])
@@ -119,11 +119,11 @@ def test_personality_as_crun(runner: Runner, bundle: Bundle) -> None:
         cid = f"crun-{uuid.uuid4().hex[:10]}"
         # no cgroup (not what is compared), and, in a private mount namespace, no cgroup2 beside the
         # v1 hierarchies: crun 1.8 refuses a hybrid set-up ("cgroups in hybrid mode not supported")
-        script = ('umount /sys/fs/cgroup/unified 2>/dev/null; exec crun --root "$1" --cgroup-manager=disabled '
-                  'run --bundle "$2" "$3"')
+        script = (THROWAWAY_DEV + 'umount /sys/fs/cgroup/unified 2>/dev/null; '
+                  'exec crun --root "$1" --cgroup-manager=disabled run --bundle "$2" "$3"')
         crun = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(state),
                                str(bundle.path), cid], capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
+                              input="")
         subprocess.run(["crun", "--root", str(state), "delete", "--force", cid], capture_output=True, timeout=60)
         assert crun.returncode == 0, crun.stderr
         ours = runner.run(runner.new_id(), bundle).ok().stdout
