@@ -125,8 +125,9 @@ def _cgroup_layout() -> tuple[str, str]:
     return mode, (CGROUP_ROOT if mode == "unified" else (v2[0] if v2 else ""))
 
 
-_UNIFIED_FIX = ("sed -i 's/^GRUB_CMDLINE_LINUX=\"/&systemd.unified_cgroup_hierarchy=1 /' /etc/default/grub "
-                "&& update-grub && reboot")
+# cgroup v2 at /sys/fs/cgroup, and no controller held back by a cgroup v1 hierarchy
+_UNIFIED_FIX = ("sed -i 's/^GRUB_CMDLINE_LINUX=\"/&systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all /' "
+                "/etc/default/grub && update-grub && reboot")
 
 
 def _sudo_chain(caller: Caller, command: str) -> str:
@@ -391,19 +392,29 @@ def _system_manager(caller: Caller) -> Result:
 
 def _user_manager_and_delegation(caller: Caller, mode: str, v2_mount: str) -> list[Result]:
     """The user manager over D-Bus, and the controllers of the cgroup a rootless container would get."""
-    linger = f"{caller.sudo}loginctl enable-linger {caller.name}"
-    delegate = (f"{caller.sudo}mkdir -p {os.path.dirname(DELEGATE_DROPIN)} && printf '[Service]\\nDelegate=cpu cpuset "
-                f"io memory pids\\n' | {caller.sudo}tee {DELEGATE_DROPIN} && {caller.sudo}systemctl daemon-reload")
+    sudo = caller.sudo
+    linger = f"{sudo}loginctl enable-linger {caller.name}"
+    if mode != "unified":
+        delegate = _sudo_chain(caller, _UNIFIED_FIX)  # nothing delegated on cgroup v1 can hold limits
+    elif _systemd_is_init():
+        delegate = (f"{sudo}mkdir -p {os.path.dirname(DELEGATE_DROPIN)} && printf '[Service]\\nDelegate=cpu cpuset "
+                    f"io memory pids\\n' | {sudo}tee {DELEGATE_DROPIN} && {sudo}systemctl daemon-reload")
+    else:
+        # no systemd to delegate: a cgroup of the user's own, with the shell in it
+        own = f"{v2_mount}/{caller.name}"
+        delegate = (f"echo +cpu +memory +pids | {sudo}tee {v2_mount}/cgroup.subtree_control && {sudo}mkdir -p {own} "
+                    f"&& {sudo}chown {caller.name} {own} {own}/cgroup.procs {own}/cgroup.subtree_control "
+                    f"&& echo $$ > {own}/cgroup.procs")
     results = []
     manager, error = _connect(user=True)
     delegated: tuple[str, list[str] | None] | None = None
     if manager is None:
         if not _systemd_is_init():
-            detail = f"not reachable ({error}); PID 1 is not systemd, so there is none"
-            fix = "boot with systemd, or run pyouki in a delegated cgroup"
+            # nothing to start: only --systemd-cgroup needs it, limits can come from a delegated cgroup
+            user_manager = Result("systemd user manager", "warn", "PID 1 is not systemd: there is no user manager "
+                                  "(--systemd-cgroup needs one)")
         else:
-            detail, fix = f"not reachable: {error}", linger
-        user_manager = Result("systemd user manager", "fail", detail, fix)
+            user_manager = Result("systemd user manager", "fail", f"not reachable: {error}", linger)
     else:
         try:
             version = manager.manager_property("Version")  # type: ignore[attr-defined]
@@ -423,13 +434,12 @@ def _user_manager_and_delegation(caller: Caller, mode: str, v2_mount: str) -> li
                 delegated = (path, _controllers(path))
     results.append(user_manager)
     if delegated is None:
-        own = _own_delegated_cgroup(v2_mount)
-        if own is not None:
-            delegated = own
+        delegated = _own_delegated_cgroup(v2_mount)
+        if delegated is not None and user_manager.status == "fail":
             user_manager.status = "warn"  # a delegated cgroup of our own gives limits without it
     if delegated is None:
         results.append(Result("delegated controllers", "fail", "no cgroup is delegated to this user",
-                              linger if _systemd_is_init() else user_manager.fix))
+                              linger if _systemd_is_init() and mode == "unified" else delegate))
         return results
     path, have = delegated
     if have is None:
