@@ -24,6 +24,9 @@ GOOD_KERNEL = (5, 12)  # mount_setattr, for recursive mount options (rro, rnosui
 SUBID_SIZE = 65536  # what rootless podman and images with system users expect
 DELEGATE_DROPIN = "/etc/systemd/system/user@.service.d/delegate.conf"
 CAP_SETGID, CAP_SETUID = 6, 7
+# the checks about limits only: when nothing else fails, containers still run
+CGROUP_CHECKS = frozenset({"cgroup version", "cgroup v2 controllers", "cgroup controllers", "systemd user manager",
+                           "delegated controllers"})
 
 
 class Result:
@@ -159,7 +162,8 @@ def _rootful_controllers(mode: str) -> Result:
         have = _controllers(CGROUP_ROOT) or []
         where = f"{CGROUP_ROOT}/cgroup.controllers"
     else:
-        have = sorted({c for m in read_mounts() if m.fstype == "cgroup" for c in m.controllers})
+        have = sorted({c for m in read_mounts() if m.fstype == "cgroup" for c in m.controllers
+                       if not c.startswith("name=")})
         where = "cgroup v1 hierarchies"
     missing = [c for c in LIMIT_CONTROLLERS if c not in have]
     if missing:
@@ -379,10 +383,13 @@ def _connect(user: bool) -> tuple[object | None, str]:
 
 def _system_manager(caller: Caller) -> Result:
     """Only --systemd-cgroup needs it: without it, a warning."""
+    if not _systemd_is_init():
+        return Result("systemd system manager", "warn", "PID 1 is not systemd: there is no system manager "
+                      "(--systemd-cgroup needs one)")
     manager, error = _connect(user=False)
     if manager is None:
-        fix = "" if _systemd_is_init() else "none needed unless you use --systemd-cgroup (PID 1 is not systemd)"
-        return Result("systemd system manager", "warn", f"not reachable: {error}", fix)
+        return Result("systemd system manager", "warn", f"not reachable: {error}",
+                      f"{caller.sudo}systemctl start dbus.socket")
     try:
         version = manager.manager_property("Version")  # type: ignore[attr-defined]
     finally:
@@ -530,6 +537,8 @@ def report(rootful: bool | None = None, fmt: str = "text") -> tuple[str, int]:
     verdict = (f"ready: a {kind} container can run with resource limits" if ok
                else f"not ready for {kind} containers with resource limits: {len(failed)} failed "
                f"({', '.join(failed)})")
+    if failed and set(failed) <= CGROUP_CHECKS:
+        verdict += f"; {kind} containers run, without limits"
     if fmt == "json":
         from pyouki.jsonout import dumps
 
