@@ -161,3 +161,12 @@ def test_unknown_mode_is_refused(runtime: RuntimeInfo, runner: Runner, rootful_b
     res = runner.create(runner.new_id(), rootful_bundle)
     assert_failed_cleanly(runtime, res, f"annotations.{ANNOTATION}", "everything")
     assert runner.state_entries() == []
+
+
+def test_mappings_without_a_user_namespace_are_not_replaced(runtime: RuntimeInfo, runner: Runner,
+                                                            rootful_bundle: Bundle) -> None:
+    rootful_bundle.linux["uidMappings"] = [{"containerID": 0, "hostID": runner.user.uid, "size": 1}]
+    rootful_bundle.write()
+    res = runner.create(runner.new_id(), rootful_bundle)
+    assert_failed_cleanly(runtime, res, "linux.uidMappings", "need a user namespace")
+    assert runner.state_entries() == []

@@ -31,8 +31,15 @@ MODES = ("single", "full", "off")
 
 
 def wanted(config: dict) -> bool:
-    """True when config lacks a user namespace and the caller is not root (in any namespace)."""
-    return os.geteuid() != 0 and "user" not in namespaces(config)
+    """True when config lacks a user namespace and the caller is not root (in any namespace).
+
+    A config with id mappings but no user namespace is left to validate, which names the field:
+    its mappings must not be replaced by ours.
+    """
+    if os.geteuid() == 0 or "user" in namespaces(config):
+        return False
+    linux = config.get("linux")
+    return not (isinstance(linux, dict) and (linux.get("uidMappings") or linux.get("gidMappings")))
 
 
 def mode_of(config: dict) -> tuple[str, str]:
@@ -70,7 +77,8 @@ def add_user_namespace(config: dict) -> None:
     linux["gidMappings"] = gid_maps
     extra = "" if mode == "single" else f" and subordinate ids as 1-{_size(uid_maps) - 1}"
     log.debug(f"not root and the config has no user namespace: adding one that maps uid {uid} and gid {gid} "
-              f"to 0{extra}; devices are bound from the host, sysfs falls back to a bind of /sys"
+              f"to 0{extra}; device nodes are bound from the host, sysfs falls back to a bind of /sys where it "
+              "cannot be mounted"
               + (", setgroups is denied" if mode == "single" else ""))
     _check_process_ids(config, uid_maps, gid_maps, mode)
     _drop_unmapped_mount_ids(config, uid_maps, gid_maps)

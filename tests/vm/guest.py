@@ -182,6 +182,9 @@ class Part:
 
     def run(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uid": os.getuid()}
+        # `pyouki check` for this kind of container, on a machine where limits work
+        res = self.drv.pyouki("check", "--format", "json", *([] if self.rootless else ["--rootful"]))
+        out["check"] = {"rc": res.returncode, "stderr": res.stderr.strip(), "stdout": res.stdout}
         for name, fn in (("limits", self.limits), ("memory_hog", self.memory_hog), ("fork_bomb", self.fork_bomb)):
             _progress(f"{self.name}: {name}")
             started = time.monotonic()
