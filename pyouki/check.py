@@ -504,16 +504,14 @@ def _security_modules() -> list[Result]:
     if apparmor == "Y" or (lsm and "apparmor" in lsm.split(",")):
         profiles = _read("/sys/kernel/security/apparmor/profiles")
         count = f", {len(profiles.splitlines())} profiles loaded" if profiles else ""
-        aa = Result("apparmor", "info", f"enabled{count}; pyouki applies no profile (process.apparmorProfile is "
-                    "refused)")
+        aa = Result("apparmor", "info", f"enabled{count}")
     else:
         aa = Result("apparmor", "info", "not enabled")
     enforce = _read("/sys/fs/selinux/enforce")
     if enforce is None:
         se = Result("selinux", "info", "not enabled")
     else:
-        se = Result("selinux", "info", f"{'enforcing' if enforce == '1' else 'permissive'}; pyouki applies no "
-                    "label (process.selinuxLabel is refused)")
+        se = Result("selinux", "info", "enforcing" if enforce == "1" else "permissive")
     return [aa, se]
 
 
