@@ -54,6 +54,12 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
     """
     container = Container(opts.root, opts.id)
     bundle, config = load_bundle(opts.bundle)
+    if os.geteuid() != 0:
+        from pyouki.userns import auto
+
+        if auto.wanted(config):
+            # a rootful-style config from an unprivileged caller: add a user namespace, as crun does
+            auto.add_user_namespace(config)
     rootfs = validate(config, bundle, opts.rootless)
     terminal = bool((config.get("process") or {}).get("terminal"))
     if terminal and not opts.console_socket and not foreground:

@@ -76,6 +76,16 @@ def test_guest_has_cgroup_v2_controllers_delegated_to_the_user(guest: dict[str, 
     assert guest["ok"] is True
 
 
+def test_check_passes_for_the_ready_user(guest: dict[str, Any]) -> None:
+    """`pyouki check` (issue 11): ready for the logged-in user, with cpu, memory and pids delegated."""
+    check = _part(guest, "rootless-systemd")["check"]
+    assert check["stderr"] == "" and check["uid"] == TEST_UID, check
+    assert check["rc"] == 0 and check["ready"] is True and check["failed"] == [], check
+    for name in ("systemd user manager", "delegated controllers", "cgroup v2 controllers", "subordinate uids",
+                 "newuidmap", "user namespaces", "XDG_RUNTIME_DIR"):
+        assert check["statuses"][name] == "ok", (name, check)
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_limits_are_in_the_container_cgroup(guest: dict[str, Any], part: str) -> None:
     f = _part(guest, part)["limits"]

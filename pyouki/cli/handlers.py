@@ -209,6 +209,14 @@ def cmd_features(globals_: dict, options: dict, args: dict) -> int:
     return 0
 
 
+def cmd_check(globals_: dict, options: dict, args: dict) -> int:
+    from pyouki.check import report
+
+    text, status = report(True if options.get("rootful") else None, options.get("format") or "text")
+    sys.stdout.write(text)
+    return status
+
+
 def _unsupported(args: dict) -> int:
     from pyouki.errors import PyoukiError
 

@@ -185,6 +185,10 @@ COMMANDS = {
              _flag(("--stats",), "stats", "display the container's stats then exit")),
             _ID),
         Cmd("features", "show the enabled features (the OCI features document, JSON)"),
+        Cmd("check", "check that this machine is ready for containers of the calling user (each failed check "
+            "with the command that fixes it; exit status 0 when ready)",
+            (_flag(("--rootful",), "rootful", "check for rootful containers (the default for root)"),
+             Opt(("--format", "-f"), "format", "str", "select one of: text or json", "text", ("text", "json")))),
         Cmd("checkpoint", "checkpoint a running container (not supported by pyouki)", _CHECKPOINT, _ID,
             supported=False),
         Cmd("restore", "restore a container from a previous checkpoint (not supported by pyouki)", _RESTORE, _ID,

@@ -81,6 +81,22 @@ def _kv(text: str | None) -> dict[str, int]:
     return out
 
 
+def _check(drv: Any) -> dict[str, Any]:
+    """`pyouki check` of the logged-in user, on a machine where rootless limits work (issue 11)."""
+    res = drv.pyouki("check", "--format", "json")
+    facts: dict[str, Any] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+    try:
+        doc = json.loads(res.stdout)
+    except ValueError:
+        facts["stdout"] = res.stdout[-2000:]
+        return facts
+    facts["ready"] = doc["ready"]
+    facts["uid"] = doc["uid"]
+    facts["statuses"] = {c["name"]: c["status"] for c in doc["checks"]}
+    facts["failed"] = [c for c in doc["checks"] if c["status"] == "fail"]
+    return facts
+
+
 class Part:
     """One way of running pyouki (rootless or rootful, systemd or cgroupfs) and its containers."""
 
@@ -198,6 +214,8 @@ class Part:
 
     def run(self) -> dict[str, Any]:
         out: dict[str, Any] = {"uid": os.getuid()}
+        if self.rootless:
+            out["check"] = _check(self.drv)
         for name, fn in (("limits", self.limits), ("memory_hog", self.memory_hog), ("fork_bomb", self.fork_bomb)):
             _progress(f"{self.name}: {name}")
             started = time.monotonic()
