@@ -48,7 +48,7 @@ def test_pip_install_gives_the_lean_launcher(pip_venv: Path) -> None:
     assert "def _find_pyouki" in script  # bin/pyouki, not pip's console-script wrapper
     res = subprocess.run([str(pip_venv / "bin/pyouki"), "--root", str(pip_venv / "state"), "state", "nosuch"],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert res.returncode == 1 and res.stderr == "pyouki: container nosuch does not exist\n"
+    assert res.returncode == 1 and res.stderr == "pyouki: nosuch: container does not exist\n"
 
 
 def _imports(python: Path, flags: list[str], script: Path, *args: str) -> tuple[set[str], str]:
@@ -68,7 +68,7 @@ def test_launcher_imports_no_re(pip_venv: Path, flags: list[str]) -> None:
     assert "pyouki.cli.fastparse" in imported, stderr[-1000:]
     assert not imported & {"re", "click", "json", "typing"}, sorted(imported)
     assert ("site" in imported) is not flags
-    assert stderr.splitlines()[-1] == "pyouki: container nosuch does not exist"
+    assert stderr.splitlines()[-1] == "pyouki: nosuch: container does not exist"
 
 
 def test_launcher_finds_an_editable_install(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_launcher_finds_an_editable_install(tmp_path: Path) -> None:
     imported, stderr = _imports(venv / "bin/python", ["-IS"], launcher, "--root", str(tmp_path / "state"), "state",
                                 "nosuch")
     assert "site" not in imported and "pyouki" in imported, stderr[-1000:]
-    assert stderr.splitlines()[-1] == "pyouki: container nosuch does not exist"
+    assert stderr.splitlines()[-1] == "pyouki: nosuch: container does not exist"
 
 
 def _setup_as_user(user: TestUser, path: str, tmp: Path) -> subprocess.CompletedProcess[str]:
