@@ -26,6 +26,7 @@ import copy
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -175,3 +176,56 @@ def xfail_runc(runtime: RuntimeInfo, request: pytest.FixtureRequest) -> Callable
             request.node.add_marker(pytest.mark.xfail(reason=f"runc: {reason}", strict=False))
 
     return _mark
+
+
+# The host's device nodes that a runtime binds into containers or could be steered to (planted
+# /dev symlinks, stdio fds chowned to the container's root): (name, major, minor), all 0666 root.
+HOST_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
+              ("tty", 5, 0), ("ptmx", 5, 2))
+
+
+def _node_facts() -> dict[str, tuple[int, int, int, int, int] | None]:
+    facts: dict[str, tuple[int, int, int, int, int] | None] = {}
+    for name, _, _ in HOST_NODES:
+        try:
+            st = os.lstat(f"/dev/{name}")
+        except FileNotFoundError:
+            facts[name] = None
+            continue
+        facts[name] = (st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_rdev)
+    return facts
+
+
+def _restore_node(name: str, major: int, minor: int) -> None:
+    path = f"/dev/{name}"
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(major, minor):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if not os.path.exists(path):
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o666)
+
+
+@pytest.fixture(autouse=True)
+def host_devices_untouched() -> Iterator[None]:
+    """Every test: the host's /dev nodes are exactly as before (same inode, mode, owner, device).
+
+    A test whose runtime (or reference runtime) damaged one fails, and the node is put back so the
+    damage cannot spread to the tests that follow (a chowned /dev/null breaks every rootless run)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _node_facts()
+    yield
+    after = _node_facts()
+    changed = [name for name in before if after[name] != before[name]]
+    if changed:
+        for name, major, minor in HOST_NODES:
+            if name in changed:
+                _restore_node(name, major, minor)
+        pytest.fail(f"the host's /dev changed during this test: {', '.join('/dev/' + n for n in changed)} "
+                    f"(before {before}, after {after}); restored")
