@@ -251,7 +251,7 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         if plan.start_hooks:
             from pyouki import hooks
 
-            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
+            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1), env=env)
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()
         if plan.wasm is not None:
@@ -303,7 +303,9 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
             os._exit(1)  # the parent reports the hook's failure
         from pyouki import hooks
 
-        hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
+        # as runc: in the rootfs (not yet the root), with process.env as given (no HOME added yet)
+        hook_env = dict(item.partition("=")[::2] for item in process.get("env") or [])
+        hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()), cwd=plan.rootfs, env=hook_env)
     fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
     os.close(rootfd)
     # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
