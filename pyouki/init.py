@@ -248,12 +248,12 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         up.send("ready")
         up.close()
         _wait_for_start(plan.fifo_fd)
+        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
+            plan.seccomp.load()  # before the startContainer hooks: they run under it in runc too
         if plan.start_hooks:
             from pyouki import hooks
 
             hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1), env=env)
-        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
-            plan.seccomp.load()
         if plan.wasm is not None:
             plan.wasm.run(plan.process["args"], env)  # never returns
         os.execve(exe, plan.process["args"], env)

@@ -133,3 +133,17 @@ def test_failing_poststart_hook_fails_start_and_stops_the_container(runner: Runn
     assert runner.wait_status(cid, "stopped") == "stopped"
     runner.delete(cid).ok()
     assert runner.leftover_pids() == []
+
+
+def test_start_container_hook_runs_under_the_seccomp_filter_with_no_new_privileges(runner: Runner,
+                                                                                   bundle: Bundle) -> None:
+    """runc loads a noNewPrivileges filter before it waits for start, so startContainer hooks
+    run under it (as they do without noNewPrivileges): a syscall the profile denies fails there."""
+    bundle.add_file("/bin/in-container-hook",
+                    "#!/bin/sh\nif mkdir /tmp/by-hook; then echo allowed; else echo denied; fi > /tmp/result\n", 0o755)
+    bundle.config["hooks"] = {"startContainer": [{"path": "/bin/in-container-hook"}]}
+    bundle.config["process"]["noNewPrivileges"] = True
+    bundle.linux["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+    bundle.sh("cat /tmp/result")
+    assert runner.run(runner.new_id(), bundle).ok().stdout.strip() == "denied"
