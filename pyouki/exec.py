@@ -108,7 +108,7 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     container = Container(root, container_id).load()
     status = container.status()
     if status == "paused" and not opts.ignore_paused:
-        raise ContainerError(f"cannot exec in container {container_id}: it is paused")
+        raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's words
     if status not in ("running", "created", "paused"):
         raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
     config = container.config()

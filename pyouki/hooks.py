@@ -103,5 +103,7 @@ def run_poststop(config: dict, state: dict) -> None:
         try:
             run(single, "poststop", state)
         except PyoukiError as e:
-            log.warning(str(e).replace("hooks.poststop[0]", f"hooks.poststop[{i}]"))
-            os.write(2, f"pyouki: warning: {str(e).replace('hooks.poststop[0]', f'hooks.poststop[{i}]')}\n".encode())
+            message = str(e).replace("hooks.poststop[0]", f"hooks.poststop[{i}]")
+            log.warning(message)
+            if not log.on_stderr():  # else the line above went there already
+                os.write(2, f"pyouki: warning: {message}\n".encode())
