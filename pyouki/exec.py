@@ -301,8 +301,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             from pyouki import console
 
             os.setsid()
-            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
-                                       int(user.get("gid", 0)))
+            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)))
         exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds + init.listen_fds())
         if seccomp is not None and process.get("noNewPrivileges"):
             seccomp.load()

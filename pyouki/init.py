@@ -324,8 +324,7 @@ def _setup(plan: Plan, up: Channel, down: Channel) -> tuple[str, dict[str, str]]
         from pyouki import console  # already imported by the parent before the fork
 
         user = process.get("user") or {}
-        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)),
-                                   int(user.get("gid", 0)))
+        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)))
     return become_process(process, plan.caps, plan.seccomp, plan.setgroups_allowed, plan.preserve_fds)
 
 
