@@ -27,15 +27,19 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
-def setup_in_container(sock: socket.socket, size: dict | None, uid: int, gid: int) -> None:
-    """In init, after pivot_root: a pty as controlling terminal and stdio; send the master out."""
+def setup_in_container(sock: socket.socket, size: dict | None, uid: int) -> None:
+    """In init, after pivot_root: a pty as controlling terminal and stdio; send the master out.
+
+    The slave is given to the process's uid only: like runc, its group stays the one devpts gave
+    it (gid=5, tty), so the user's own group cannot write to the terminal, and `mesg`/`write`
+    work as on a host."""
     try:
         master, slave = os.openpty()
     except OSError as e:
         raise PyoukiError(f"process.terminal: failed to open a pty in the container: {_reason(e)}") from None
     try:
         name = os.ttyname(slave)
-        os.fchown(slave, uid, gid)
+        os.fchown(slave, uid, -1)
         if size:
             set_size(slave, int(size.get("height", 0)), int(size.get("width", 0)))
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)

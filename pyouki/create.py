@@ -91,7 +91,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
 
             linux = config.get("linux") or {}
             mgr = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
-                               systemd=opts.systemd_cgroup)
+                               systemd=opts.systemd_cgroup, resources=linux.get("resources"))
             if mgr is not None:
                 _refuse_frozen(mgr)  # before it is ours to remove: it existed before this create
             cgroup = mgr

@@ -112,7 +112,7 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     container = Container(root, container_id).load()
     status = container.status()
     if status == "paused" and not opts.ignore_paused:
-        raise ContainerError(f"cannot exec in container {container_id}: it is paused")
+        raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's words
     if status not in ("running", "created", "paused"):
         raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
     config = container.config()
@@ -348,8 +348,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             from pyouki import console
 
             os.setsid()
-            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
-                                       int(user.get("gid", 0)))
+            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)))
         exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds)
         lsm.apply(process)  # AppArmor profile, SELinux label: entered at the exec below
         init.exec_program(process, exe, env, seccomp, stub)

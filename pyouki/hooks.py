@@ -1,8 +1,14 @@
 """OCI hooks (config.md, POSIX-platform Hooks): programs run at points of the lifecycle.
 
-Each hook gets the container's state as JSON on stdin, its own args and env (empty when none
-is given), and an optional timeout. A failing hook is an error naming it by JSON path, except
-poststop, whose failures are only warnings (runtime.md, Lifecycle step 13).
+Each hook gets the container's state as JSON on stdin, its own args and an optional timeout.
+Like runc (whose Go hooks leave exec.Cmd.Env nil), a hook without `env` inherits the
+environment of the process that runs it: the runtime's for the runtime-namespace hooks, the
+container process's for createContainer and startContainer (runc runs them in its init, whose
+environment is process.env by then); `"env": []` is an empty environment. The hooks of
+`create` and `start` run in the bundle directory (runc chdirs there), createContainer in the
+rootfs, startContainer in process.cwd, poststop where `delete` was called. A failing hook is
+an error naming it by JSON path, except poststop, whose failures are only warnings
+(runtime.md, Lifecycle step 13).
 """
 
 from __future__ import annotations
@@ -47,21 +53,35 @@ def has(config: dict, *phases: str) -> bool:
     return any(hooks.get(p) for p in phases)
 
 
-def run(config: dict, phase: str, state: dict) -> None:
-    """Run the hooks of one phase in order; raise PyoukiError for the first that fails."""
+# phases whose hooks run in the bundle directory when the caller gives no cwd (runc's create and
+# start chdir to the bundle; delete does not)
+_IN_BUNDLE = ("prestart", "createRuntime", "poststart")
+
+
+def run(config: dict, phase: str, state: dict, *, cwd: str | None = None,
+        env: dict[str, str] | None = None) -> None:
+    """Run the hooks of one phase in order; raise PyoukiError for the first that fails.
+
+    ``env`` is the environment of hooks that have no `env` of their own (None: this process's);
+    ``cwd`` their working directory (None: the bundle for create's and start's hooks, else ours).
+    """
     import subprocess
 
     from pyouki.jsonout import dumps
 
     payload = dumps(state).encode()
+    if cwd is None and phase in _IN_BUNDLE:
+        cwd = state.get("bundle") or None
     for i, hook in enumerate((config.get("hooks") or {}).get(phase) or []):
         field = f"hooks.{phase}[{i}]"
         path = hook["path"]
         args = hook.get("args") or [path]
-        env = dict(item.partition("=")[::2] for item in hook.get("env") or [])
+        own_env = hook.get("env")
+        hook_env = env if own_env is None else dict(item.partition("=")[::2] for item in own_env)
         try:
-            result = subprocess.run(args, executable=path, input=payload, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, timeout=hook.get("timeout"), close_fds=True)
+            result = subprocess.run(args, executable=path, input=payload, env=hook_env, cwd=cwd,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=hook.get("timeout"),
+                                    close_fds=True)
         except subprocess.TimeoutExpired:
             raise PyoukiError(f"{field}: hook {path} timed out after {hook['timeout']} s") from None
         except OSError as e:
@@ -83,5 +103,7 @@ def run_poststop(config: dict, state: dict) -> None:
         try:
             run(single, "poststop", state)
         except PyoukiError as e:
-            log.warning(str(e).replace("hooks.poststop[0]", f"hooks.poststop[{i}]"))
-            os.write(2, f"pyouki: warning: {str(e).replace('hooks.poststop[0]', f'hooks.poststop[{i}]')}\n".encode())
+            message = str(e).replace("hooks.poststop[0]", f"hooks.poststop[{i}]")
+            log.warning(message)
+            if not log.on_stderr():  # else the line above went there already
+                os.write(2, f"pyouki: warning: {message}\n".encode())

@@ -261,10 +261,12 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         up.send("ready")
         up.close()
         _wait_for_start(plan.fifo_fd)
+        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
+            plan.seccomp.load()  # before the startContainer hooks: they run under it in runc too
         if plan.start_hooks:
             from pyouki import hooks
 
-            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1))
+            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1), env=env)
         exec_program(plan.process, exe, env, plan.seccomp, stub, plan.wasm)
     except PyoukiError as e:
         _report(up, str(e))
@@ -312,7 +314,9 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
             os._exit(1)  # the parent reports the hook's failure
         from pyouki import hooks
 
-        hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()))
+        # as runc: in the rootfs (not yet the root), with process.env as given (no HOME added yet)
+        hook_env = dict(item.partition("=")[::2] for item in process.get("env") or [])
+        hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()), cwd=plan.rootfs, env=hook_env)
     # nothing of the caller's but stdio and the preserved fds may be open once paths resolve in the
     # container: a leaked directory fd would be a way out through /proc/self/fd/N (CVE-2024-21626)
     keep = [up.write_fd, down.read_fd, plan.fifo_fd, stub.fd, rootfd]
@@ -339,8 +343,7 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
         from pyouki import console  # already imported by the parent before the fork
 
         user = process.get("user") or {}
-        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)),
-                                   int(user.get("gid", 0)))
+        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)))
     return become_process(process, plan.caps, plan.seccomp, plan.setgroups_allowed, plan.preserve_fds)
 
 

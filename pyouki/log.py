@@ -1,7 +1,8 @@
 """Logging to --log in runc's formats (logrus text or JSON lines), so engines can parse it.
 
 Opened lazily: a command that logs nothing never touches the file, and JSON escaping needs no
-`json` import.
+`json` import. Without --log, --debug writes the lines to stderr (as runc does); errors are
+left out there, as the one-line `pyouki: ...` message already says them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pyouki.state import rfc3339_now
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "fatal": 50, "panic": 50}
-_settings: dict = {"path": "", "format": "text", "level": 30, "fd": -1}
+_settings: dict = {"path": "", "format": "text", "level": 30, "fd": -1, "stderr": False}
 _ESCAPES = {i: f"\\u{i:04x}" for i in range(32)} | {34: '\\"', 92: "\\\\", 10: "\\n", 9: "\\t", 13: "\\r"}
 
 
@@ -34,6 +35,12 @@ def configure(path: str | None, fmt: str = "text", level: str = "warning", debug
             raise PyoukiError(f"failed to open log file {path}: {(e.strerror or str(e)).lower()}") from None
     _settings["format"] = fmt if fmt in ("text", "json") else "text"
     _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
+    _settings["stderr"] = debug and not _settings["path"]
+
+
+def on_stderr() -> bool:
+    """Whether warnings already reach stderr through the log (--debug without --log)."""
+    return bool(_settings["stderr"])
 
 
 def fileno() -> int:
@@ -43,17 +50,21 @@ def fileno() -> int:
 
 
 def log(level: str, msg: str) -> None:
-    """Write one line at level, when the level is enabled and a log file was given."""
-    if not _settings["path"] or LEVELS[level] < int(_settings["level"]):
+    """Write one line at level, when the level is enabled and a log file (or --debug) was given."""
+    if LEVELS[level] < int(_settings["level"]):
+        return
+    to_stderr = not _settings["path"]
+    if to_stderr and not (_settings["stderr"] and LEVELS[level] < LEVELS["error"]):
         return
     if _settings["format"] == "json":
         line = f'{{"level":"{level}","msg":{json_string(msg)},"time":"{rfc3339_now()}"}}\n'
     else:
         line = f'time="{rfc3339_now()}" level={level} msg={json_string(msg)}\n'
     try:
-        os.write(_settings["fd"], line.encode())
+        os.write(2 if to_stderr else _settings["fd"], line.encode())
     except OSError as e:
-        sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {(e.strerror or '').lower()}\n")
+        if not to_stderr:
+            sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {(e.strerror or '').lower()}\n")
 
 
 def debug(msg: str) -> None:

@@ -220,23 +220,24 @@ class Container:
         return "running"
 
     def oci_state(self) -> dict:
-        """The state object of the OCI runtime spec (runtime.md, State)."""
+        """The state object of the OCI runtime spec (runtime.md, State), its keys in the order
+        runc's `state` and `list --format json` print them (scripts compare the text)."""
         from pyouki import OCI_VERSION
 
         status = self.status()
         state = {
             "ociVersion": OCI_VERSION,
             "id": self.id,
-            "status": status,
             "pid": self.pid if status != "stopped" else 0,
+            "status": status,
             "bundle": self.record.get("bundle", ""),
             "rootfs": self.record.get("rootfs", ""),
             "created": self.record.get("created", ""),
-            "owner": self.record.get("owner", ""),
         }
         annotations = self.record.get("annotations")
         if annotations:
             state["annotations"] = annotations
+        state["owner"] = self.record.get("owner", "")
         return state
 
     def remove_dir(self) -> None:

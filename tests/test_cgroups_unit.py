@@ -247,3 +247,19 @@ def test_device_program_encoding() -> None:
     with pytest.raises(ConfigError) as exc:
         program_for_rules([{"allow": False}, {"allow": True, "type": "q"}], "linux.resources.devices")
     assert exc.value.field == "linux.resources.devices[1]"
+
+
+def test_rootless_requested_fields_are_what_a_cgroup_must_apply() -> None:
+    """What a rootless create without a cgroup refuses: cgroupsPath, then each limit with a
+    value; device rules and empty objects are not limits (podman sends `resources: {}`)."""
+    from pyouki.cgroups import requested
+
+    assert requested(None, None) == []
+    assert requested(None, {"devices": [{"allow": False, "access": "rwm"}], "memory": {}, "network": None,
+                            "hugepageLimits": [], "cpu": {"shares": None}}) == []
+    assert requested("/x", {"pids": {"limit": 42}, "memory": {"limit": -1}}) == [
+        "linux.cgroupsPath", "linux.resources.pids", "linux.resources.memory"]
+    with pytest.raises(PyoukiError, match=r"^linux\.resources\.pids: cannot be applied: no cgroup; "):
+        from pyouki.cgroups import refuse_without_cgroup
+
+        refuse_without_cgroup(requested(None, {"pids": {"limit": 1}}), "no cgroup")

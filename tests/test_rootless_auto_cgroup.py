@@ -3,9 +3,12 @@
 - nspawn tier (tests/systemd/check_auto_cgroup.py, as a user logged in through PAM): with the
   user manager reachable the container lands in a transient ``Delegate=yes`` scope under
   user@UID.service with its limits as unit properties, and delete removes it; with the user bus
-  unreachable (absent or dead) it still runs, without a cgroup; inside a delegated scope
-  (``systemd-run --user --scope -p Delegate=yes``) its cgroup is a child of the scope's;
-- host (cgroup v1 hybrid): rootless still runs without cgroups, limits or not.
+  unreachable (absent or dead) it still runs, without a cgroup, when it asks for no limits, and
+  create fails naming the first limit when it does; inside a delegated scope
+  (``systemd-run --user --scope -p Delegate=yes``) its cgroup is a child of the scope's, and a
+  limit whose controller the scope lacks fails create;
+- host (cgroup v1 hybrid): rootless runs without cgroups when the config asks for no
+  cgroupsPath and no limits; when it does, create fails naming the field, as runc's does.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import Bundle, Runner, read_json_log
+from harness import Bundle, Runner, assert_failed_cleanly, read_json_log
 from test_systemd_driver import TEST_UID, boot_with_busybox
 
 from pyouki.cgroups import detect_mode
@@ -82,11 +85,22 @@ def test_user_manager_gives_a_delegated_scope(facts: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("mode", ["no-bus", "dead-bus"])
 def test_without_a_user_manager_runs_without_cgroups(facts: dict[str, Any], mode: str) -> None:
+    """Only when the config asks for no limits (the lifecycle's bundle has none)."""
     f = facts[mode]
     _ran_and_was_removed(f)
     assert f["record"] is None
     assert f["proc_cgroup"] == f["caller_cgroup"]  # left where its caller is: no cgroup of its own
     assert any(m.endswith("is not delegated to us: running without cgroups") for m in f["log"])
+
+
+@pytest.mark.parametrize("mode", ["no-bus", "dead-bus"])
+def test_without_a_user_manager_limits_are_refused(facts: dict[str, Any], mode: str) -> None:
+    """runc too: "rootless needs no limits + no cgrouppath when no permission is granted"."""
+    refused = facts[mode]["refused"]
+    assert refused["rc"] != 0 and refused["state_left"] == []
+    line = refused["stderr"]
+    assert line.startswith("pyouki: linux.resources.memory: cannot be applied: rootless and "), line
+    assert "is not delegated to this user" in line and "Delegate=yes" in line and len(line.splitlines()) == 1
 
 
 def test_no_bus_socket_costs_no_connect(facts: dict[str, Any]) -> None:
@@ -116,23 +130,27 @@ def test_delegated_own_cgroup_gets_a_child(facts: dict[str, Any]) -> None:
     assert len(f["own_procs_after"]) == 1
 
 
-def test_delegated_limits_without_controllers_are_skipped_with_a_warning(facts: dict[str, Any]) -> None:
-    """nspawn's cgroup tree has no controllers: the limits cannot be written, create still works."""
-    log = facts["delegated"]["log"]
-    for key in ("memory", "pids"):
-        assert any(m.startswith(f"rootless: linux.resources.{key} not applied in cgroup ") for m in log), log
+def test_delegated_limits_without_controllers_fail_create(facts: dict[str, Any]) -> None:
+    """nspawn's cgroup tree has no controllers: the limits cannot be written, so create fails
+    naming the first (it used to warn and run without them, which the user could not see)."""
+    refused = facts["delegated"]["refused"]
+    assert refused["rc"] != 0 and refused["state_left"] == []
+    line = refused["stderr"]
+    assert line.startswith("pyouki: linux.resources.memory: cannot be applied in cgroup "), line
+    assert "(rootless)" in line and "cgroup.controllers" in line and len(line.splitlines()) == 1
 
 
 # -- host: cgroup v1 hybrid -------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["rootless"])
 def test_rootless_on_hybrid_host_runs_without_cgroups(runner: Runner, bundle: Bundle) -> None:
+    """When the config asks for no cgroupsPath and no limits (devices rules are not limits)."""
     if detect_mode() == "unified":
         pytest.skip("this host is unified: the hybrid rule does not apply")
     if not runner.runtime.is_pyouki:
         pytest.skip("checks pyouki's state record and log")
     bundle.set_args("sleep", "600")
-    bundle.linux["resources"] = {"memory": {"limit": 64 * MiB}, "pids": {"limit": 42}}
+    bundle.linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}], "memory": {}}
     bundle.write()
     logf = runner.rundir / "log.json"  # the user must be able to write it
     cid = runner.new_id("hybrid")
@@ -155,3 +173,27 @@ def test_rootless_on_hybrid_host_runs_without_cgroups(runner: Runner, bundle: Bu
     assert runner.wait_status(cid, "stopped") == "stopped"
     runner.delete(cid).ok()
     assert not (runner.state_root / cid).exists()
+
+
+@pytest.mark.parametrize("mode", ["rootless"])
+@pytest.mark.parametrize(("linux", "field"), [
+    ({"resources": {"memory": {"limit": 64 * MiB}}}, "linux.resources.memory"),
+    ({"resources": {"devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 42}}}, "linux.resources.pids"),
+    ({"cgroupsPath": "/pyouki-rootless-asked"}, "linux.cgroupsPath"),
+    ({"cgroupsPath": "asked-relative"}, "linux.cgroupsPath"),
+])
+def test_rootless_without_delegation_refuses_what_it_cannot_apply(runner: Runner, bundle: Bundle,
+                                                                 linux: dict[str, Any], field: str) -> None:
+    """A limit or cgroupsPath the container cannot get fails create (runc: "cannot set memory
+    limit: container could not join or create cgroup"): the user must not believe it holds."""
+    if detect_mode() == "unified":
+        pytest.skip("this host is unified: see the nspawn tier for the undelegated case there")
+    bundle.set_args("true")
+    bundle.linux.update(linux)
+    bundle.write()
+    r = runner.create(runner.new_id("asked"), bundle)
+    assert r.returncode != 0, r
+    if runner.runtime.is_pyouki:
+        assert_failed_cleanly(runner.runtime, r, field, "cannot be applied", "cgroup v2")
+    assert runner.state_entries() == []
+    assert runner.leftover_pids() == []

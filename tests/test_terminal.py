@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 
+import pytest
 from harness import Bundle, Runner, RuntimeInfo
 
 
@@ -86,3 +87,18 @@ def test_detached_terminal_without_socket_is_refused(runtime: RuntimeInfo, runne
         assert "process.terminal" in r.stderr
     assert runner.state_entries() == []
 
+
+
+@pytest.mark.parametrize("mode", ["root"])  # a rootless config maps no user but root
+def test_pty_slave_belongs_to_the_user_and_keeps_the_devpts_group(runner: Runner, bundle: Bundle) -> None:
+    """Like runc: the slave is chowned to process.user.uid only; its group stays devpts's gid=5
+    (tty), so the user's own gid does not get to write to it."""
+    bundle.config["process"]["terminal"] = True
+    bundle.config["process"]["user"] = {"uid": 1000, "gid": 1000}
+    bundle.sh('stat -c "owner=%u:%g" "$(tty)"')
+    cid = runner.new_id()
+    argv = runner.argv(["run", "--bundle", str(bundle.path), cid])
+    inner = " ".join(f"'{a}'" for a in argv)
+    r = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True, timeout=60,
+                       cwd=str(runner.workdir), env=runner.env(), stdin=subprocess.DEVNULL)
+    assert "owner=1000:5" in r.stdout, r

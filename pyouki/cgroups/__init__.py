@@ -82,14 +82,16 @@ def _debug(msg: str) -> None:
 
 
 def make_manager(
-    cgroups_path: str | None, container_id: str, *, rootless: bool, systemd: bool
+    cgroups_path: str | None, container_id: str, *, rootless: bool, systemd: bool, resources: dict | None = None
 ) -> CgroupManager | None:
     """The manager for a new container, or None when it runs without cgroups (rootless, no delegation).
 
     cgroupfs: an absolute cgroupsPath is relative to each hierarchy's root, a relative one to the
     caller's own cgroup; none means /pyouki/<id> (rootful). Rootless on a unified host without
     --systemd-cgroup, see _rootless_manager: a user scope when a user manager answers, else a
-    child of the caller's own cgroup when that is delegated, else no cgroup.
+    child of the caller's own cgroup when that is delegated, else no cgroup. Running without one
+    is refused (PyoukiError naming the field) when the config asks for a cgroupsPath or for
+    limits in resources (linux.resources), as runc refuses it: a dropped limit is never silent.
     """
     if systemd:
         from importlib import import_module
@@ -105,12 +107,14 @@ def make_manager(
     mounts = c.read_mounts()
     mode = c.mode_from_mounts(mounts)
     if rootless and mode == "unified":
-        return _rootless_manager(cgroups_path, container_id, mounts)
+        return _rootless_manager(cgroups_path, container_id, mounts, requested(cgroups_path, resources))
     if _systemd_form(cgroups_path):
         # "slice:prefix:name" is the systemd form; cgroupfs would make a directory with colons in it.
         raise PyoukiError(f"cgroupsPath {cgroups_path!r} is in systemd form; use --systemd-cgroup")
     if rootless:
         # v1 delegation is not safe and runc ignores cgroups for rootless on v1: so do we.
+        why = f"rootless on a cgroup v1 ({mode}) host, whose cgroups are not delegated to users"
+        refuse_without_cgroup(requested(cgroups_path, resources), why, V1_HINT)
         _debug(f"rootless on a {mode} cgroup host: running without cgroups")
         return None
     own = c.own_cgroups()
@@ -124,29 +128,60 @@ def make_manager(
     return V1Manager.for_path(path, mounts, own)
 
 
+# How to get what a rootless config asked for, in the refusal (see refuse_without_cgroup).
+V2_HINT = ("run it in a delegated cgroup (a systemd user session: --systemd-cgroup, or "
+           "systemd-run --user --scope -p Delegate=yes pyouki ...) or remove it from the config")
+V1_HINT = ("rootless cgroups need a cgroup v2 host (systemd.unified_cgroup_hierarchy=1) with a delegated "
+           "cgroup (a systemd user session), or remove it from the config")
+
+
+def requested(cgroups_path: str | None, resources: dict | None) -> list[str]:
+    """What a config asks of cgroups, as JSON paths: linux.cgroupsPath, then each resource with a
+    value (devices excepted: a rootless container's device rules are not cgroup limits, runc
+    skips them too)."""
+    fields = ["linux.cgroupsPath"] if cgroups_path else []
+    for key, value in (resources or {}).items():
+        if key == "devices" or value is None or value == {} or value == []:
+            continue
+        if isinstance(value, dict) and all(v is None for v in value.values()):
+            continue
+        fields.append(f"linux.resources.{key}")
+    return fields
+
+
+def refuse_without_cgroup(fields: list[str], why: str, hint: str = V2_HINT) -> None:
+    """A rootless container about to run without a cgroup: fail if the config asked for one or
+    for limits (runc: "cannot set memory limit: container could not join or create cgroup")."""
+    if fields:
+        raise PyoukiError(f"{fields[0]}: cannot be applied: {why}; {hint}")
+
+
 def _systemd_form(cgroups_path: str | None) -> bool:
     return bool(cgroups_path) and ":" in str(cgroups_path) and not str(cgroups_path).startswith("/")
 
 
-def _rootless_manager(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount]) -> CgroupManager | None:
+def _rootless_manager(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount],
+                      fields: list[str]) -> CgroupManager | None:
     """Rootless on a unified host without --systemd-cgroup: the first of these that works.
 
     1. a transient user scope (Delegate=yes) from the user manager, when one answers; only for
        the default or a systemd-form cgroupsPath, which is all the systemd driver understands;
     2. a child of the caller's own cgroup when that is writable (delegated, e.g. a podman scope);
-    3. no cgroup, as runc does for rootless without delegation.
-    The manager returned never fails create: see _Lenient.
+    3. no cgroup, as runc does for rootless without delegation, when the config (fields) asks
+       for no cgroupsPath and no limits; else the create fails naming the first.
+    See _Lenient for what may still fail later.
     """
     if not cgroups_path or _systemd_form(cgroups_path):
         scope = _user_scope(cgroups_path, container_id)
         if scope is not None:
-            return _Lenient(scope, f"systemd user scope {scope.unit}")
+            return _Lenient(scope, f"systemd user scope {scope.unit}", fields)
         if cgroups_path:
             raise PyoukiError(f"cgroupsPath {cgroups_path!r} is in systemd form, and no systemd user manager "
                               f"answers; use --systemd-cgroup to see why")
     own_child = _own_cgroup_child(cgroups_path, container_id, mounts)
-    if own_child is not None:
-        return _Lenient(own_child, f"cgroup {own_child.path}")
+    if not isinstance(own_child, str):
+        return _Lenient(own_child, f"cgroup {own_child.path}", fields)
+    refuse_without_cgroup(fields, own_child)
     return None
 
 
@@ -189,8 +224,8 @@ def _user_scope(cgroups_path: str | None, container_id: str) -> SystemdCgroup | 
 CONNECT_TIMEOUT = 2.0
 
 
-def _own_cgroup_child(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount]) -> V2Manager | None:
-    """A cgroup under the caller's own, when that is delegated to us; None (debug logged) otherwise.
+def _own_cgroup_child(cgroups_path: str | None, container_id: str, mounts: list[CgroupMount]) -> V2Manager | str:
+    """A cgroup under the caller's own, when that is delegated to us; otherwise why not (debug logged).
 
     The caller's own cgroup always holds the caller (and often its shell or an engine's
     monitor), so the kernel's no-internal-process rule refuses to enable the domain
@@ -200,14 +235,14 @@ def _own_cgroup_child(cgroups_path: str | None, container_id: str, mounts: list[
     ours (the user's shell, conmon), they may fork while we move them, and whoever delegated the
     cgroup (podman, systemd) expects them where it put them. So the container gets a child
     cgroup with the controllers the kernel lets us enable: it is still tracked, frozen, listed
-    and killed through it, and limits whose controller is missing are skipped with a warning.
+    and killed through it, and a limit whose controller is missing fails create (_Lenient).
     """
     from pyouki.cgroups import common as c
     from pyouki.cgroups.v2 import V2Manager
 
     root = next((m for m in mounts if m.fstype == "cgroup2" and m.mountpoint == c.CGROUP_ROOT), None)
     if root is None:
-        return None
+        return "rootless and no cgroup2 file system at /sys/fs/cgroup"
     if cgroups_path and cgroups_path.startswith("/"):
         target = c.resolve_path(root.mountpoint, root.root, "/", cgroups_path)
         anc = target
@@ -215,12 +250,12 @@ def _own_cgroup_child(cgroups_path: str | None, container_id: str, mounts: list[
             anc = os.path.dirname(anc)
         if not _writable(anc):
             _debug(f"rootless and {anc} is not writable: running without cgroups")
-            return None
+            return f"rootless and {anc} is not delegated to this user"
         return V2Manager(target, root.mountpoint)
     own_dir = c.resolve_path(root.mountpoint, root.root, c.own_cgroups().get("", "/"), "")
     if not _writable(own_dir):
         _debug(f"rootless and {own_dir} is not delegated to us: running without cgroups")
-        return None
+        return f"rootless and {own_dir} is not delegated to this user"
     _debug(f"rootless: the container's cgroup is a child of our own delegated cgroup {own_dir}")
     return V2Manager(os.path.join(own_dir, c.clean_path(cgroups_path or container_id)), root.mountpoint)
 
@@ -231,17 +266,20 @@ def _writable(d: str) -> bool:
 
 
 class _Lenient:
-    """A rootless cgroup pyouki chose by itself: its failures never fail create.
+    """A rootless cgroup pyouki chose by itself: when the config asks for nothing of it, its
+    failures do not fail create.
 
-    runc ignores cgroup errors for rootless containers it was not asked to put in systemd;
-    so does pyouki on these automatic paths, with a line in the log: a cgroup that cannot be
-    made leaves the container without one, a limit that cannot be written is skipped. An
-    explicit --systemd-cgroup does not come through here and keeps its errors.
+    runc ignores cgroup errors for a rootless container that asks for no cgroupsPath and no
+    limits; so does pyouki on these automatic paths, with a line in the log: a cgroup that cannot
+    be made leaves the container without one. When the config asked for a cgroupsPath or limits
+    (fields), that is an error, and so is any limit that cannot be written: like runc, never a
+    requested limit silently dropped. An explicit --systemd-cgroup does not come through here.
     """
 
-    def __init__(self, inner: CgroupManager, what: str) -> None:
+    def __init__(self, inner: CgroupManager, what: str, fields: list[str] | None = None) -> None:
         self.inner: CgroupManager | None = inner
         self.what = what
+        self.fields = fields or []
 
     def _get(self) -> CgroupManager:
         if self.inner is None:
@@ -254,6 +292,7 @@ class _Lenient:
         try:
             inner.apply(pid)
         except PyoukiError as e:
+            refuse_without_cgroup(self.fields, f"rootless and {self.what} cannot be used ({e})")
             _warn(f"rootless: cannot use {self.what}, running without cgroups: {e}")
             self.inner = None
             try:
@@ -272,10 +311,10 @@ class _Lenient:
             _warn(f"rootless: the process stays outside {self.what}: {e}")
 
     def set_resources(self, resources: dict, field: str = "linux.resources") -> None:
-        """Each resource on its own, so one missing controller costs only its own limits."""
+        """Each resource on its own, so the error names the one whose controller is missing."""
         if self.inner is None:
-            if any(resources.values()):
-                _warn(f"rootless without cgroups: {field} not applied")
+            fields = [f.replace("linux.resources", field, 1) for f in requested(None, resources)]
+            refuse_without_cgroup(fields, f"rootless and {self.what} could not be used")
             return
         for key, value in resources.items():
             if value is None or value == {} or value == []:
@@ -283,7 +322,10 @@ class _Lenient:
             try:
                 self.inner.set_resources({key: value}, field)
             except PyoukiError as e:
-                _warn(f"rootless: {field}.{key} not applied in {self.what}: {e}")
+                detail = str(e).removeprefix(f"{field}.{key}: ")
+                raise PyoukiError(f"{field}.{key}: cannot be applied in {self.what} (rootless): {detail}; "
+                                  f"the delegated cgroup must offer the controller in cgroup.controllers "
+                                  f"and hold no process itself, or remove the limit") from None
 
     def freeze(self) -> None:
         """Freeze the cgroup."""

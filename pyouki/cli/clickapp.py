@@ -9,6 +9,9 @@ import click
 from pyouki import OCI_VERSION, __version__
 from pyouki.cli.table import COMMANDS, GLOBAL_OPTIONS, Cmd, Opt
 
+# like runc (urfave/cli), -h is --help for the program and every command
+_HELP = ["--help", "-h"]
+
 
 def _option(opt: Opt) -> Any:
     kwargs: dict[str, Any] = {"help": opt.help}
@@ -48,7 +51,7 @@ def _command(cmd: Cmd, dispatch: Any) -> click.Command:
         raise SystemExit(dispatch(cmd, dict(ctx.obj), options, args))
 
     func: Any = callback
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"help_option_names": _HELP}
     if cmd.rest:
         # like runc's SkipArgReorder: options end at the first positional, the rest is passed on
         settings["allow_interspersed_args"] = False
@@ -59,7 +62,7 @@ def _command(cmd: Cmd, dispatch: Any) -> click.Command:
     for opt in reversed(cmd.options):
         func = _option(opt)(func)
     if not cmd.supported:
-        func = click.option("--help", is_flag=True, expose_value=False, is_eager=True, callback=_unsupported_help,
+        func = click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True, callback=_unsupported_help,
                             help="Show this message and exit (non-zero: the command is not supported).")(func)
     return click.command(cmd.name, help=cmd.help, context_settings=settings,
                          add_help_option=cmd.supported)(func)
@@ -76,7 +79,8 @@ def build(dispatch: Any) -> click.Group:
         func = _option(opt)(func)
     version = f"pyouki version {__version__}\nspec: {OCI_VERSION}"
     func = click.version_option(version, "--version", "-v", message="%(version)s")(func)
-    group = click.group("pyouki", help="pyouki: a rootless-first OCI container runtime")(func)
+    group = click.group("pyouki", help="pyouki: a rootless-first OCI container runtime",
+                        context_settings={"help_option_names": _HELP})(func)
     for cmd in COMMANDS.values():
         group.add_command(_command(cmd, dispatch))
     return group

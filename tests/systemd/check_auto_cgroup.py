@@ -6,6 +6,10 @@
     python3 check_auto_cgroup.py delegated  # inside `systemd-run --user --scope -p Delegate=yes`,
                                             # bus unreachable: a child of the scope's cgroup
 
+The bundle asks for limits (check_driver.RESOURCES); where they cannot be applied (no-bus,
+dead-bus, delegated without controllers) create must refuse them: those modes report that
+refusal as "refused" and run their lifecycle with a bundle that asks for no limits.
+
 Runs inside the nspawn container (tests/test_rootless_auto_cgroup.py) as the user logged in
 through PAM, with the repo at /src and busybox at /opt/busybox. Prints one JSON line of facts;
 always kills and deletes its containers.
@@ -42,7 +46,30 @@ def _no_bus_env(base: str) -> dict[str, str]:
     return dict(os.environ, DBUS_SESSION_BUS_ADDRESS=f"unix:path={empty}/bus", XDG_RUNTIME_DIR=empty)
 
 
-def lifecycle(cid: str, env: dict[str, str], with_unit: bool) -> dict[str, Any]:
+def _without_limits(bundle: str) -> None:
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["linux"]["resources"] = {}
+    with open(path, "w") as f:
+        json.dump(config, f)
+
+
+def refused(cid: str, env: dict[str, str]) -> dict[str, Any]:
+    """create of the bundle with limits: rc, stderr and whether anything was left behind."""
+    base = tempfile.mkdtemp(prefix="pyouki-refused-")
+    root = os.path.join(base, "state")
+    try:
+        bundle = make_bundle(base, True, None, ["sleep", "600"])
+        res = pyouki("--root", root, "create", "--bundle", bundle, cid, env=env)
+        return {"rc": res.returncode, "stderr": res.stderr.strip(),
+                "state_left": os.listdir(root) if os.path.isdir(root) else []}
+    finally:
+        pyouki("--root", root, "delete", "--force", cid, env=env)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def lifecycle(cid: str, env: dict[str, str], with_unit: bool, limits: bool = True) -> dict[str, Any]:
     """create (with --debug --log) → read back → start → pause/resume → kill → delete."""
     base = tempfile.mkdtemp(prefix="pyouki-auto-")
     root = os.path.join(base, "state")
@@ -51,6 +78,8 @@ def lifecycle(cid: str, env: dict[str, str], with_unit: bool) -> dict[str, Any]:
     sd = SystemdManager.connect(user=True, timeout=10) if with_unit else None
     try:
         bundle = make_bundle(base, True, None, ["sleep", "600"])
+        if not limits:
+            _without_limits(bundle)
         res = pyouki("--root", root, "--log", logf, "--log-format", "json", "--debug",
                      "create", "--bundle", bundle, cid, env=env)
         facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
@@ -109,7 +138,9 @@ def main() -> int:
     elif mode == "no-bus":
         base = tempfile.mkdtemp(prefix="pyouki-nobus-")
         try:
-            out = lifecycle(f"nobus-{pid}", _no_bus_env(base), with_unit=False)
+            env = _no_bus_env(base)
+            out = lifecycle(f"nobus-{pid}", env, with_unit=False, limits=False)
+            out["refused"] = refused(f"nobus-limits-{pid}", env)
         finally:
             shutil.rmtree(base, ignore_errors=True)
     elif mode == "dead-bus":
@@ -121,7 +152,8 @@ def main() -> int:
             s.bind(dead)
             s.close()  # the socket file stays and nobody listens: connection refused
             env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={dead}"
-            out = lifecycle(f"deadbus-{pid}", env, with_unit=False)
+            out = lifecycle(f"deadbus-{pid}", env, with_unit=False, limits=False)
+            out["refused"] = refused(f"deadbus-limits-{pid}", env)
         finally:
             shutil.rmtree(base, ignore_errors=True)
     elif mode == "delegated":
@@ -130,7 +162,9 @@ def main() -> int:
         base = tempfile.mkdtemp(prefix="pyouki-deleg-")
         try:
             own = CGROUP_ROOT + proc_cgroup(pid)
-            out = lifecycle(f"deleg-{pid}", _no_bus_env(base), with_unit=False)
+            env = _no_bus_env(base)
+            out = lifecycle(f"deleg-{pid}", env, with_unit=False, limits=False)
+            out["refused"] = refused(f"deleg-limits-{pid}", env)
             out["own_owner"] = os.stat(own).st_uid
             with open(os.path.join(own, "cgroup.procs")) as f:
                 out["own_procs_after"] = sorted(int(p) for p in f.read().split())
