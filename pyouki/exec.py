@@ -176,6 +176,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     from pyouki.create import kill_and_reap, write_pid_file
 
     init_pid = container.pid
+    if not os.path.exists(container.fifo_path):
+        _wait_for_exec(init_pid)
     kinds = namespaces(config)
     ns_fds: list[tuple[str, int, int]] = []
     flags = {"user": sc.CLONE_NEWUSER, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "network": sc.CLONE_NEWNET,
@@ -298,6 +300,28 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         if handover is not None:
             handover.close()
     return child, master
+
+
+def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
+    """Right after start, init may still be between the fifo and its execve: until then it is not
+    dumpable (it holds the runtime's fds), so a caller without CAP_SYS_PTRACE over it (rootless)
+    may not open its namespaces yet. Give it the moment it needs (an engine, or the API, can
+    exec within a millisecond of start)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            os.readlink(f"/proc/{pid}/ns/user")
+            return
+        except PermissionError:
+            if time.monotonic() > deadline:
+                return  # the namespace loop reports it
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        except OSError:
+            return
 
 
 def _wait(child: int, master: int) -> int:
