@@ -8,7 +8,7 @@ costs nothing more.
 __version__ = "0.1.0"
 OCI_VERSION = "1.3.0"
 
-_API = ("Runtime", "Container", "Process", "State", "run")
+_API = ("Runtime", "Container", "Process", "State", "run", "spec")
 _ERRORS = ("PyoukiError", "ConfigError", "ContainerError", "ContainerNotFound", "ContainerExists",
            "ContainerNotRunning", "ContainerNotPaused", "ExitStatusUnknown")
 __all__ = ["OCI_VERSION", "__version__", *_API, *_ERRORS]

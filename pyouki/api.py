@@ -36,7 +36,7 @@ from pyouki.errors import (
     PyoukiError,
 )
 
-__all__ = ["Container", "Process", "Runtime", "State", "run"]
+__all__ = ["Container", "Process", "Runtime", "State", "run", "spec"]
 
 # an fd, or anything with fileno() (a file, a socket, sys.stdout)
 Stream = int | IO[Any]
@@ -433,6 +433,14 @@ def run(bundle: str | os.PathLike[str], id: str, *, root: str | None = None,  # 
     """create + start + wait + delete the bundle as container id; its exit status."""
     return Runtime(root=root, rootless=rootless).run(id, bundle, stdin=stdin, stdout=stdout, stderr=stderr,
                                                      timeout=timeout)
+
+
+def spec(rootless: bool = False) -> dict[str, Any]:
+    """The config `pyouki spec` writes (`--rootless`: the caller's ids mapped to root), as a dict
+    to adjust and write as the bundle's config.json."""
+    from pyouki.spec import default_spec
+
+    return default_spec(rootless)
 
 
 # -- helpers ------------------------------------------------------------------------------------
