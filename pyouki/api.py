@@ -157,13 +157,15 @@ class Runtime:
             stdout: Stream | None = None, stderr: Stream | None = None, timeout: float | None = None) -> int:
         """create + start + wait + delete; the exit status (128+N for signal N).
 
-        The container is force-deleted on any error, and on timeout (TimeoutError)."""
+        With process.terminal, what the process writes to its terminal is copied to stdout (its
+        input is empty). The container is force-deleted on any error, and on timeout
+        (TimeoutError)."""
         container = self.create(id, bundle, stdin=stdin, stdout=stdout, stderr=stderr)
         try:
-            if container.console >= 0:
-                os.close(container.console)  # nobody to relay it to: the process sees a hang-up
-                container.console = -1
             container.start()
+            if container.console >= 0:
+                _drain(container.console, _fd(stdout, 1))
+                container.console = -1
             status = container.wait(timeout)
         except BaseException:
             container.delete(force=True)
@@ -522,6 +524,22 @@ def _fd(stream: Stream | None, default: int) -> int:
     if isinstance(stream, int):
         return stream
     return stream.fileno()
+
+
+def _drain(master: int, out: int) -> None:
+    """Copy a terminal's output to out until the process closes it (EIO), then close master."""
+    try:
+        os.write(master, b"\x04")  # end of input: nothing will be typed
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every slave fd is closed
+                break
+            if not data:
+                break
+            os.write(out, data)
+    finally:
+        os.close(master)
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:

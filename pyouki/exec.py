@@ -113,19 +113,6 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
     return built
 
 
-def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
-    """Run the process in the container; its exit status in the foreground, 0 when detached.
-
-    The command's way: in the foreground the caller becomes a subreaper for good (the process,
-    orphaned when the intermediate exits, must come back to it) and forwards its signals."""
-    if not opts.detach:
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-    child, master = start_process(root, container_id, opts)
-    if opts.detach:
-        return 0
-    return _wait(child, master)
-
-
 def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int, int]:
     """Start the process in the container and return (its pid, the terminal's master fd or -1).
 
@@ -322,20 +309,6 @@ def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
             delay = min(delay * 2, 0.05)
         except OSError:
             return
-
-
-def _wait(child: int, master: int) -> int:
-    """Forward signals to the process, relay its terminal, and return its exit status."""
-    import signal
-
-    from pyouki.run import forward_signals, reap
-
-    forward_signals(child, except_=(signal.SIGWINCH,) if master >= 0 else ())
-    if master >= 0:
-        from pyouki.console import relay
-
-        relay(master)
-    return reap(child)
 
 
 def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: object, seccomp: object,

@@ -314,3 +314,17 @@ print("ok")
     runner.ids.extend(f"{cid}-{i}" for i in range(10))
     proc = as_user(runner, "-c", code, str(runner.state_root), cid, str(bundle.path))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_run_copies_the_terminal_to_stdout(runner: Runner, make_bundle: Any) -> None:
+    bundle = make_bundle(args=("sh", "-c", "echo tty-run; tty; exit 6"))
+    bundle.process["terminal"] = True
+    bundle.write()
+    out = runner.workdir / "out"
+    with open(out, "wb") as f:
+        status = pyouki.run(str(bundle.path), runner.new_id(), root=str(runner.state_root), stdout=f)
+    assert status == 6
+    text = out.read_text()
+    assert text.splitlines()[0] == "tty-run" and "/dev/pts/" in text, text
+    assert runner.state_entries() == []
