@@ -328,3 +328,29 @@ def test_run_copies_the_terminal_to_stdout(runner: Runner, make_bundle: Any) -> 
     text = out.read_text()
     assert text.splitlines()[0] == "tty-run" and "/dev/pts/" in text, text
     assert runner.state_entries() == []
+
+
+@pytest.mark.parametrize("mode", ["root"])
+def test_concurrent_runs_from_threads(runner: Runner, make_bundle: Any) -> None:
+    """The subreaper flag is counted across threads: every init still comes back to us (each
+    status is its own), and the flag is off once the last call ends."""
+    import threading
+
+    bundles = [make_bundle(f"b{i}", args=("sh", "-c", f"sleep 0.{i}; exit {10 + i}")) for i in range(4)]
+    ids = [runner.new_id() for _ in bundles]
+    results: dict[int, Any] = {}
+
+    def go(i: int) -> None:
+        try:
+            results[i] = pyouki.run(str(bundles[i].path), ids[i], root=str(runner.state_root))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bundles))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: 10 + i for i in range(len(bundles))}
+    assert not syscalls.get_child_subreaper()
+    assert runner.state_entries() == []
