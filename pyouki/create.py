@@ -16,7 +16,7 @@ from pyouki import hooks, log, notify
 from pyouki.channel import Channel, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
 from pyouki.enginewords import EXISTS
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerExists, PyoukiError
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
@@ -32,7 +32,8 @@ class CreateOptions:
     def __init__(self, root: str, container_id: str, bundle: str = ".", pid_file: str | None = None,
                  console_socket: str | None = None, no_pivot: bool = False, no_new_keyring: bool = False,
                  preserve_fds: int = 0, rootless: bool = False, systemd_cgroup: bool = False,
-                 cgroups: bool = True) -> None:
+                 cgroups: bool = True, stdio: tuple[int, int, int] | None = None,
+                 listen_fds: int | None = None, notify_socket: str | None = None) -> None:
         self.root = root
         self.id = container_id
         self.bundle = bundle
@@ -44,6 +45,11 @@ class CreateOptions:
         self.rootless = rootless
         self.systemd_cgroup = systemd_cgroup
         self.cgroups = cgroups  # False with crun's --cgroup-manager=disabled
+        self.stdio = stdio  # init's stdin/stdout/stderr; None: the caller's own (the CLI's case)
+        # None: from the caller's environment (LISTEN_FDS, NOTIFY_SOCKET: the CLI's contract, as
+        # runc); the API passes 0 and "" so an application's own are never handed to a container
+        self.listen_fds = listen_fds
+        self.notify_socket = notify_socket
 
 
 def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = False) -> Container:
@@ -74,7 +80,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
     try:
         os.mkdir(container.dir, 0o700)
     except FileExistsError:
-        raise ContainerError(f"{opts.id}: {EXISTS}") from None
+        raise ContainerExists(f"{opts.id}: {EXISTS}") from None
     except OSError as e:
         raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
     init_pid = 0
@@ -100,7 +106,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
         # it from ever seeing end-of-file, and `start` gets ENXIO if init has died
         fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        if notify.requested():
+        notify_socket = notify.requested() if opts.notify_socket is None else opts.notify_socket
+        if notify_socket:
             notify.prepare(config, container.dir)
         if subreaper:
             from pyouki import syscalls
@@ -123,7 +130,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             "owner": _owner_name(),
             "annotations": config.get("annotations") or {},
             "rootless": opts.rootless,
-            "notify": bool(notify.requested()),
+            "notify": bool(notify_socket),
             "cgroup": cgroup.to_state() if cgroup is not None else None,
             "hooks": hooks.has(config, "poststart", "poststop"),  # start and delete run them
             # a pid namespace of its own (not joined): kill --all may then signal everything in it
@@ -241,7 +248,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
     from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
-                     opts.id, not opts.no_new_keyring)
+                     opts.id, not opts.no_new_keyring, listen=opts.listen_fds)
     seccomp_config = (config.get("linux") or {}).get("seccomp")
     if seccomp_config:
         # compiled here, on the host, as the caller: the BPF program of a profile is cached in the
@@ -275,6 +282,10 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         os.close(lock_fd)
         up.close()
         down_w.close()
+        if opts.stdio is not None:
+            from pyouki.process import redirect_stdio
+
+            redirect_stdio(opts.stdio)
         init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
         os._exit(1)  # not reached
     up_w.close()

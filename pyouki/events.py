@@ -12,9 +12,15 @@ import os
 import sys
 import time
 
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerNotRunning, PyoukiError
 from pyouki.jsonout import dumps
 from pyouki.lifecycle import cgroup_manager, load
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pyouki.state import Container
 
 # Go's time.ParseDuration units, in nanoseconds
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -105,22 +111,34 @@ def oom_kills(manager) -> int:  # type: ignore[no-untyped-def]
 
 def events(root: str, container_id: str, interval: float, stats_only: bool) -> None:
     """Print the stats once (stats_only), or stats every interval and OOM events until it stops."""
+    for event in event_stream(root, container_id, interval, stats_only):
+        _emit(event)
+
+
+def event_stream(root: str, container_id: str, interval: float, stats_only: bool) -> Iterator[dict]:
+    """The events `events` prints, as dicts: checked now, produced as the iterator is consumed."""
     container = load(root, container_id)
     if container.status() == "stopped":
-        raise ContainerError(f"cannot get events of container {container_id}: it is not running")
+        raise ContainerNotRunning(f"cannot get events of container {container_id}: it is not running")
     manager = cgroup_manager(container, "get events of")
+    return _stream(container, manager, interval, stats_only)
+
+
+def _stream(container: Container, manager, interval: float,  # type: ignore[no-untyped-def]
+            stats_only: bool) -> Iterator[dict]:
+    container_id = container.id
     if stats_only:
-        _emit(stats_event(container_id, manager))
+        yield stats_event(container_id, manager)
         return
     ooms = oom_kills(manager)
     while True:
-        _emit(stats_event(container_id, manager))
+        yield stats_event(container_id, manager)
         deadline = time.monotonic() + interval
         while True:
             now_ooms = oom_kills(manager)
             if now_ooms > ooms:
                 ooms = now_ooms
-                _emit({"type": "oom", "id": container_id})
+                yield {"type": "oom", "id": container_id}
             if not container.alive():
                 return
             left = deadline - time.monotonic()

@@ -14,7 +14,7 @@ import os
 
 from pyouki import syscalls as sc
 from pyouki.channel import Channel
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
 from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -34,7 +34,8 @@ class ExecOptions:
                  caps: list[str] | None = None, no_new_privs: bool = False, apparmor: str | None = None,
                  process_label: str | None = None, tty: bool = False, console_socket: str | None = None,
                  pid_file: str | None = None, detach: bool = False, preserve_fds: int = 0,
-                 ignore_paused: bool = False, cgroup: list[str] | str | None = None) -> None:
+                 ignore_paused: bool = False, cgroup: list[str] | str | None = None,
+                 stdio: tuple[int, int, int] | None = None, listen_fds: int | None = None) -> None:
         self.args = list(args or [])
         self.process_file = process_file
         self.env = list(env or [])
@@ -52,6 +53,11 @@ class ExecOptions:
         self.preserve_fds = preserve_fds
         self.ignore_paused = ignore_paused
         self.cgroup = cgroup
+        # the process's stdin/stdout/stderr; None: the caller's own (the CLI's case)
+        self.stdio = stdio
+        # socket-activation fds passed on after the preserved ones; None: LISTEN_FDS of the
+        # caller's environment (the CLI's contract, as runc), the API passes 0
+        self.listen_fds = listen_fds
 
 
 def build_process(config: dict, opts: ExecOptions) -> dict:
@@ -107,14 +113,17 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
     return built
 
 
-def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
-    """Run the process in the container; its exit status in the foreground, 0 when detached."""
+def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int, int]:
+    """Start the process in the container and return (its pid, the terminal's master fd or -1).
+
+    It is the caller's child only if the caller is a subreaper while this runs (the process is
+    forked by an intermediate that exits); nothing here waits for it or touches signals."""
     container = Container(root, container_id).load()
     status = container.status()
     if status == "paused" and not opts.ignore_paused:
         raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's words
     if status not in ("running", "created", "paused"):
-        raise ContainerError(f"cannot exec in container {container_id}: it is {status}")
+        raise ContainerNotRunning(f"cannot exec in container {container_id}: it is {status}")
     config = container.config()
     from pyouki import lsm
 
@@ -142,7 +151,7 @@ def _check_process(process: dict) -> None:
         raise PyoukiError(f"process.cwd: {cwd!r} is not an absolute path")
 
 
-def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> int:
+def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> tuple[int, int]:
     # everything the child needs is imported now: after joining the mount namespace the host's
     # Python library is out of reach
     import select  # noqa: F401
@@ -154,6 +163,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     from pyouki.create import kill_and_reap, write_pid_file
 
     init_pid = container.pid
+    if not os.path.exists(container.fifo_path):
+        _wait_for_exec(init_pid)
     kinds = namespaces(config)
     ns_fds: list[tuple[str, int, int]] = []
     flags = {"user": sc.CLONE_NEWUSER, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "network": sc.CLONE_NEWNET,
@@ -191,8 +202,6 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         from pyouki.cgroups.sub import sub_cgroup
 
         cgroup = sub_cgroup(cgroup, opts.cgroup)  # type: ignore[assignment]
-    if not opts.detach:
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     up, down_w, down_r, up_w = pipe_pair()
     handover = None
     if seccomp is not None and seccomp.notify:
@@ -206,8 +215,12 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         if console_parent is not None:
             console_parent.close()
         # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
-        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + init.listen_fds(),
-                      down_r, up_w)
+        listen = init.listen_fds() if opts.listen_fds is None else opts.listen_fds
+        if opts.stdio is not None:
+            from pyouki.process import redirect_stdio
+
+            redirect_stdio(opts.stdio)
+        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + listen, down_r, up_w)
     up_w.close()
     down_r.close()
     for _, fd, _ in ns_fds:
@@ -273,23 +286,29 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
             console_parent.close()
         if handover is not None:
             handover.close()
-    if opts.detach:
-        return 0
-    return _wait(child, master)
+    return child, master
 
 
-def _wait(child: int, master: int) -> int:
-    """Forward signals to the process, relay its terminal, and return its exit status."""
-    import signal
+def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
+    """Right after start, init may still be between the fifo and its execve: until then it is not
+    dumpable (it holds the runtime's fds), so a caller without CAP_SYS_PTRACE over it (rootless)
+    may not open its namespaces yet. Give it the moment it needs (an engine, or the API, can
+    exec within a millisecond of start)."""
+    import time
 
-    from pyouki.run import forward_signals, reap
-
-    forward_signals(child, except_=(signal.SIGWINCH,) if master >= 0 else ())
-    if master >= 0:
-        from pyouki.console import relay
-
-        relay(master)
-    return reap(child)
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            os.readlink(f"/proc/{pid}/ns/user")
+            return
+        except PermissionError:
+            if time.monotonic() > deadline:
+                return  # the namespace loop reports it
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        except OSError:
+            return
 
 
 def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: object, seccomp: object,

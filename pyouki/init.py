@@ -46,13 +46,14 @@ class Plan:
     """Everything the children need, computed in the parent (fork copies it)."""
 
     def __init__(self, config: dict, bundle: str, rootfs: str, rootless: bool, no_pivot: bool,
-                 preserve_fds: int, fifo_fd: int, container_id: str = "", new_keyring: bool = True) -> None:
+                 preserve_fds: int, fifo_fd: int, container_id: str = "", new_keyring: bool = True,
+                 listen: int | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.rootfs = rootfs
         self.rootless = rootless
         self.no_pivot = no_pivot
-        listen = listen_fds()
+        listen = listen_fds() if listen is None else listen  # None: LISTEN_FDS of our environment
         self.preserve_fds = preserve_fds + listen
         self.fifo_fd = fifo_fd
         self.container_id = container_id

@@ -12,7 +12,7 @@ import time
 
 from pyouki import log, notify
 from pyouki.enginewords import NOT_RUNNING
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
 from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
 
@@ -22,8 +22,11 @@ def load(root: str, container_id: str) -> Container:
     return Container(root, container_id).load()
 
 
-def start(root: str, container_id: str) -> None:
-    """Let a created container run its process (OCI `start`)."""
+def start(root: str, container_id: str, notify_socket: str | None = None) -> None:
+    """Let a created container run its process (OCI `start`).
+
+    notify_socket: where READY goes (None: NOTIFY_SOCKET of the environment, the CLI's way)."""
+    target = notify.requested() if notify_socket is None else notify_socket
     container = load(root, container_id).lock()
     notify_sock = None
     try:
@@ -36,7 +39,7 @@ def start(root: str, container_id: str) -> None:
             raise ContainerError(f"cannot start container {container_id}: its init process is gone "
                                  f"({(e.strerror or '').lower()})") from None
         try:
-            if container.record.get("notify") and notify.requested():
+            if container.record.get("notify") and target:
                 # bound before the process runs, so its first READY= is not lost
                 notify_sock = notify.bind(container.dir)
             os.write(fd, b"0")
@@ -50,7 +53,7 @@ def start(root: str, container_id: str) -> None:
     log.debug(f"container {container_id} started")
     if notify_sock is not None:
         # like runc, start returns once the container says READY (or ends), lock released
-        notify.forward_ready(notify_sock, container.pid, notify.requested())
+        notify.forward_ready(notify_sock, container.pid, target)
 
 
 def _poststart(container: Container) -> None:
@@ -80,7 +83,7 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
     if status == "stopped":
         if not all_processes:
             # runc's words: engines (containerd's shim, CRI-O) read them as "already stopped"
-            raise ContainerError(f"cannot kill container {container_id}: {NOT_RUNNING}")
+            raise ContainerNotRunning(f"cannot kill container {container_id}: {NOT_RUNNING}")
         # like runc, --all is no error on a stopped container (CRI deletes every exited task with
         # `kill --all ID 9`); what is left in its cgroup (children of an init that had no pid
         # namespace of its own) is still signalled. Never the recorded pid: it may be reused.

@@ -46,17 +46,18 @@ def bind(state_dir: str):  # type: ignore[no-untyped-def]
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    # bound by a relative name: a state dir's path can be longer than sun_path's 108 bytes
-    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    # bound through /proc/self/fd/N: a state dir's path can be longer than sun_path's 108 bytes,
+    # and a chdir would change the whole process's (the API caller's threads') working directory
+    directory = -1
     try:
-        os.chdir(os.path.dirname(path))
-        sock.bind(SOCKET_NAME)
+        directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        sock.bind(f"/proc/self/fd/{directory}/{SOCKET_NAME}")
     except OSError as e:
         sock.close()
         raise PyoukiError(f"failed to bind the notify socket {path}: {(e.strerror or str(e)).lower()}") from None
     finally:
-        os.fchdir(cwd)
-        os.close(cwd)
+        if directory >= 0:
+            os.close(directory)
     os.chmod(path, 0o777)  # the container's user may be any uid
     return sock
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pyouki import log
 from pyouki.enginewords import NOT_PAUSED, NOT_RUNNING
-from pyouki.errors import ContainerError
+from pyouki.errors import ContainerNotPaused, ContainerNotRunning
 from pyouki.lifecycle import cgroup_manager, load
 
 
@@ -17,7 +17,7 @@ def pause(root: str, container_id: str) -> None:
     try:
         status = container.status()
         if status not in ("running", "created"):
-            raise ContainerError(f"cannot pause container {container_id}: {NOT_RUNNING} (it is {status})")
+            raise ContainerNotRunning(f"cannot pause container {container_id}: {NOT_RUNNING} (it is {status})")
         cgroup_manager(container, "pause").freeze()
     finally:
         container.unlock()
@@ -30,11 +30,11 @@ def resume(root: str, container_id: str) -> None:
     try:
         status = container.status()
         if status == "stopped":
-            raise ContainerError(f"cannot resume container {container_id}: {NOT_PAUSED} (it is stopped)")
+            raise ContainerNotPaused(f"cannot resume container {container_id}: {NOT_PAUSED} (it is stopped)")
         manager = cgroup_manager(container, "resume")
         # asked of the freezer, not of status(): a paused created container still reports "created"
         if manager.state() != "frozen":
-            raise ContainerError(f"cannot resume container {container_id}: {NOT_PAUSED} (it is {status})")
+            raise ContainerNotPaused(f"cannot resume container {container_id}: {NOT_PAUSED} (it is {status})")
         manager.thaw()
     finally:
         container.unlock()

@@ -95,3 +95,16 @@ def resolve_executable(arg0: str, env: dict[str, str]) -> str:
         if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
             return candidate
     raise ConfigError("process.args[0]", exec_error(arg0, EXEC_NOT_FOUND))
+
+
+def redirect_stdio(stdio: tuple[int, int, int]) -> None:
+    """Make fds 0, 1, 2 of this (forked) process copies of stdio's three fds.
+
+    For the API's stdin/stdout/stderr: done in the child right after the fork, never in the
+    caller. The sources are copied above 2 first, so (1, 0, 2) or a source that is also a
+    target cannot clobber one another; the copies are close-on-exec and go with init's fd sweep.
+    """
+    copies = [os.dup(fd) for fd in stdio]
+    for target, fd in enumerate(copies):
+        os.dup2(fd, target)  # inheritable: the container's process keeps them
+        os.close(fd)

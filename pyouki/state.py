@@ -16,7 +16,7 @@ import os
 import time
 
 from pyouki.enginewords import NOT_EXIST
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerNotFound, PyoukiError
 
 STATE_FILE = "state.bin"
 CONFIG_FILE = "config.bin"  # the bundle's config as it was at create (exec needs it; the bundle may change)
@@ -138,7 +138,7 @@ class Container:
             with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
                 self.record = marshal.load(f)
         except FileNotFoundError:
-            raise ContainerError(f"{self.id}: {NOT_EXIST}") from None
+            raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
         except (OSError, ValueError, EOFError) as e:
             raise PyoukiError(f"failed to read state of container {self.id}: {e}") from None
         return self
@@ -188,7 +188,7 @@ class Container:
         try:
             self._lock_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ContainerError(f"{self.id}: {NOT_EXIST}") from None
+            raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         return self
 

@@ -53,6 +53,7 @@ PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -186,6 +187,36 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
             ctypes.c_ulong(arg4), ctypes.c_ulong(arg5),
         )
     )
+
+
+def get_child_subreaper() -> bool:
+    """Whether this process is a child subreaper (prctl PR_GET_CHILD_SUBREAPER)."""
+    value = ctypes.c_int(0)
+    _check(_libc.prctl(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(value), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)))
+    return bool(value.value)
+
+
+# ioctl(pidfd, PIDFD_GET_INFO) (Linux 6.15): struct pidfd_info, its first 64 bytes (VER0)
+PIDFD_GET_INFO = (3 << 30) | (64 << 16) | (0xFF << 8) | 11  # _IOWR(PIDFS_IOCTL_MAGIC, 11, 64 bytes)
+PIDFD_INFO_EXIT = 0x08
+
+
+def pidfd_exit_status(pidfd: int) -> int | None:
+    """The wait status of a reaped process, from a pidfd opened before it was reaped; None while it
+    has not been reaped (or on a kernel before 6.15, which does not keep it)."""
+    import fcntl
+    import struct
+
+    info = bytearray(64)
+    struct.pack_into("Q", info, 0, PIDFD_INFO_EXIT)
+    try:
+        fcntl.ioctl(pidfd, PIDFD_GET_INFO, info)
+    except OSError:
+        return None  # ENOTTY/EINVAL: an older kernel; ESRCH: gone without exit information
+    if not struct.unpack_from("Q", info, 0)[0] & PIDFD_INFO_EXIT:
+        return None
+    return int(struct.unpack_from("i", info, 60)[0])  # exit_code, after 16 + 11 * 4 bytes
 
 
 def close_range(first: int, flags: int = 0, last: int = 0xFFFFFFFF) -> None:

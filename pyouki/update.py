@@ -12,7 +12,7 @@ import re
 
 from pyouki import log
 from pyouki.enginewords import NOT_RUNNING
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerNotRunning, PyoukiError
 from pyouki.lifecycle import cgroup_manager, load
 
 # docker's units.RAMInBytes: a number, an optional binary unit (k, m, g, t, p), optional "i"/"b".
@@ -146,7 +146,7 @@ def update(root: str, container_id: str, resources: dict, rdt: dict | None = Non
     try:
         status = container.status()
         if status == "stopped":
-            raise ContainerError(f"cannot update container {container_id}: {NOT_RUNNING}")
+            raise ContainerNotRunning(f"cannot update container {container_id}: {NOT_RUNNING}")
         if rdt:
             from pyouki.intelrdt import update_container
 

@@ -295,12 +295,8 @@ def test_python_api_runs_a_module(runtime: RuntimeInfo, runner: Runner, make_bun
     code = (
         "import sys\n"
         f"sys.path[0:0] = [{str(Path(__file__).resolve().parents[1])!r}]\n"
-        "from pyouki.create import CreateOptions\n"
-        "from pyouki.run import run\n"
-        "from pyouki.state import ensure_root, is_rootless\n"
-        f"opts = CreateOptions(root=ensure_root({str(runner.state_root)!r}), container_id={runner.new_id()!r},\n"
-        f"                     bundle={str(b.path)!r}, rootless=is_rootless())\n"
-        "sys.exit(run(opts))\n")
+        "import pyouki\n"
+        f"sys.exit(pyouki.run({str(b.path)!r}, {runner.new_id()!r}, root={str(runner.state_root)!r}))\n")
     p = subprocess.run([_interpreter(runtime)[0], "-c", code], capture_output=True, text=True, timeout=60,
                        env=runner.env(), cwd=str(runner.workdir), **runner._spawn_kwargs())
     assert (p.returncode, p.stdout, p.stderr) == (9, "exiting\n", ""), p

@@ -52,7 +52,7 @@ def cmd_create(globals_: dict, options: dict, args: dict) -> int:
 
 
 def cmd_run(globals_: dict, options: dict, args: dict) -> int:
-    from pyouki.run import run
+    from pyouki.cli.foreground import run
 
     return run(_create_options(globals_, options, args), detach=bool(options.get("detach")),
                keep=bool(options.get("keep")))
@@ -129,7 +129,8 @@ def cmd_exec(globals_: dict, options: dict, args: dict) -> int:
 
 def _exec(globals_: dict, options: dict, args: dict) -> int:
     try:
-        from pyouki.exec import ExecOptions, exec_process
+        from pyouki.cli.foreground import exec_process
+        from pyouki.exec import ExecOptions
     except ImportError as e:  # a partial tree: say so instead of a traceback
         from pyouki.errors import PyoukiError
 

@@ -1,8 +1,12 @@
-"""`run`: create and start a container, then (in the foreground) wait for it like a shell would.
+"""The command's foreground: `pyouki run` and `exec` without --detach wait for their process
+like a shell.
 
-In the foreground pyouki is the subreaper of the container's init, so it can wait for it,
-forwards the signals it receives to it, returns its exit status (128+N for signal N), and
-deletes it unless --keep.
+These are process-wide choices that only the short-lived command may make, so they live in the
+CLI layer and the library (pyouki.api) makes none of them: pyouki becomes a child subreaper for
+good (the container's process, orphaned when the intermediate process exits, comes back to it),
+forwards the signals it receives to the process, relays the terminal, and reaps every child
+(waitpid(-1): the command has no children of its own), returning the exit status (128+N for
+signal N). `run` deletes the container afterwards unless --keep.
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ from __future__ import annotations
 import os
 import signal
 
+from pyouki import syscalls as sc
 from pyouki.create import CreateOptions, create
 from pyouki.lifecycle import delete, start
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from pyouki.exec import ExecOptions
 
 # not forwarded: SIGCHLD is ours, SIGWINCH and SIGURG are noise without a terminal, KILL/STOP can't be caught
 _NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINCH, signal.SIGURG}
@@ -42,6 +51,23 @@ def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
     if not keep:
         delete(opts.root, opts.id, force=True)
     return status
+
+
+def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
+    """Run the process in the container; its exit status in the foreground, 0 when detached."""
+    from pyouki.exec import start_process
+
+    if not opts.detach:
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)  # before the fork: the process must come back to us
+    child, master = start_process(root, container_id, opts)
+    if opts.detach:
+        return 0
+    forward_signals(child, except_=(signal.SIGWINCH,) if master >= 0 else ())
+    if master >= 0:
+        from pyouki.console import relay
+
+        relay(master)
+    return reap(child)
 
 
 def forward_signals(pid: int, except_: tuple[int, ...] = ()) -> None:
