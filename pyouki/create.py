@@ -6,6 +6,11 @@ namespace (the parent writes its id maps), then the other namespaces, and forks 
 in the new PID namespace. Init builds the filesystem view, drops privileges, reports `ready` and
 waits on the fifo. Every step's error comes back over the channel as one line; the parent then
 kills what it started and removes the directory, so a failed create leaves nothing behind.
+
+A create that is killed cannot clean up, so nothing it starts outlives it until the container
+is recorded: the intermediate dies with the parent (parent-death signal), init with the
+intermediate, which stays until the parent releases init after saving the record; and
+`creating.bin` names the cgroup and init for a later `delete` of the directory left behind.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from __future__ import annotations
 import os
 
 from pyouki import hooks, log, notify
-from pyouki.channel import Channel, pipe_pair
+from pyouki.channel import Channel, fork_child, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import PyoukiError
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
@@ -58,22 +63,19 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         raise PyoukiError("process.terminal: a terminal needs --console-socket when the container is detached")
     if opts.console_socket and not terminal:
         raise PyoukiError("--console-socket: given, but process.terminal is false")
-    try:
-        os.mkdir(container.dir, 0o700)
-    except FileExistsError:
-        raise ContainerError(f"container {opts.id} already exists") from None
-    except OSError as e:
-        raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
+    container.make_dir()
     init_pid = 0
     cgroup = None
+    spawned = None
     try:
-        container.lock()
         if opts.cgroups:
             from pyouki.cgroups import make_manager
 
             linux = config.get("linux") or {}
             cgroup = make_manager(linux.get("cgroupsPath"), opts.id, rootless=opts.rootless,
                                   systemd=opts.systemd_cgroup)
+        # before anything exists that a killed create would leave: the cgroup is made at apply
+        container.save_creating({"cgroup": cgroup.to_state() if cgroup is not None else None})
         fifo = os.path.join(container.dir, FIFO_FILE)
         os.mkfifo(fifo, 0o600)
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
@@ -86,9 +88,10 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         try:
-            init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup)
+            spawned = _spawn(config, bundle, rootfs, opts, fifo_fd, container, cgroup)
         finally:
             os.close(fifo_fd)
+        init_pid, master = spawned.init_pid, spawned.master
         nss = namespaces(config)
         container.record = {
             "id": opts.id,
@@ -119,9 +122,10 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
                 os.close(master)
             master = -1
         container.console_master = master
+        spawned.release()
     except BaseException:
-        if init_pid:
-            kill_and_reap(init_pid)
+        if spawned is not None:
+            spawned.kill()
         if cgroup is not None:
             cgroup.remove()
         container.remove_dir()
@@ -172,10 +176,59 @@ def kill_and_reap(pid: int) -> None:
         pass
 
 
-def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int,
-           cgroup: CgroupManager | None) -> tuple[int, int]:
-    """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
-    the terminal's master fd (-1 without a terminal)."""
+class _Spawned:
+    """The intermediate process and init of a create, until init is released (or killed)."""
+
+    def __init__(self, intermediate: int, up: Channel, down: Channel) -> None:
+        self.intermediate = intermediate
+        self.init_pid = 0
+        self.init_start: int | None = None
+        self.master = -1  # the terminal's master fd, -1 without a terminal
+        self.up = up
+        self.down = down
+
+    def release(self) -> None:
+        """The container is recorded: tell init to go on by itself (it drops its parent-death
+        signal and closes its end), wait for that, then end the intermediate."""
+        try:
+            self.down.send("created")
+            while self.up.receive()[0] != "eof":
+                pass
+        except OSError:
+            pass  # init is gone already: the container is simply stopped
+        self._close()
+        kill_and_reap(self.intermediate)
+
+    def kill(self) -> None:
+        """Kill and reap what was started (after an error)."""
+        self._close()
+        if self.init_pid and process_start_time(self.init_pid) == self.init_start:
+            kill_and_reap(self.init_pid)
+        kill_and_reap(self.intermediate)  # still holds init as its child: the pid cannot be reused before
+
+    def _close(self) -> None:
+        self.up.close()
+        self.down.close()
+
+
+def _start_intermediate(plan: init.Plan, lock_fd: int, console_parent: object, up: Channel, down_w: Channel,
+                        down_r: Channel, up_w: Channel) -> None:
+    """In the forked child: drop the parent's ends, then become the intermediate process."""
+    from pyouki import init
+
+    if console_parent is not None:
+        console_parent.close()  # type: ignore[attr-defined]
+    # the lock is on the open file description: a child holding it would keep it forever
+    os.close(lock_fd)
+    up.close()
+    down_w.close()
+    init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
+
+
+def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, container: Container,
+           cgroup: CgroupManager | None) -> _Spawned:
+    """Fork the intermediate process and drive the set-up until init is ready; the caller then
+    records the container and releases init (or kills it)."""
     from pyouki import init  # imports everything init needs before the fork (nothing after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
@@ -197,20 +250,12 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
 
         console_parent, plan.console_sock = console.socketpair()
     up, down_w, down_r, up_w = pipe_pair()
-    pid = os.fork()
-    if pid == 0:
-        if console_parent is not None:
-            console_parent.close()
-        # the lock is on the open file description: a child holding it would keep it forever
-        os.close(lock_fd)
-        up.close()
-        down_w.close()
-        init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
-        os._exit(1)  # not reached
+    pid = fork_child(_start_intermediate, plan, container.lock_fd, console_parent, up, down_w, down_r, up_w)
     up_w.close()
     down_r.close()
     if plan.console_sock is not None:
         plan.console_sock.close()
+    spawned = _Spawned(pid, up, down_w)
     init_pid = 0
     ready = False
     hooks_pending = False
@@ -222,9 +267,11 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             if verb == "map":
                 _enter_cgroup_and_map_ids(plan, pid, down_w, cgroup)
             elif verb == "pid":
-                init_pid = int(arg)
-                os.waitpid(pid, 0)
-                pid = 0
+                init_pid = spawned.init_pid = int(arg)
+                spawned.init_start = process_start_time(init_pid)
+                facts = {"cgroup": cgroup.to_state() if cgroup is not None else None, "pid": init_pid,
+                         "pid_start": spawned.init_start}
+                container.save_creating(facts)
             elif verb == "ready":
                 ready = True
             elif verb == "hooks":
@@ -239,17 +286,12 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         if console_parent is not None:
             from pyouki.console import receive_master
 
-            return init_pid, receive_master(console_parent)
-        return init_pid, -1
+            spawned.master = receive_master(console_parent)
+        return spawned
     except BaseException:
-        if init_pid:
-            kill_and_reap(init_pid)
+        spawned.kill()
         raise
     finally:
-        if pid:
-            kill_and_reap(pid)
-        up.close()
-        down_w.close()
         if console_parent is not None:
             console_parent.close()
 
