@@ -126,9 +126,15 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
     except BaseException:
         if spawned is not None:
             spawned.kill()
-        if cgroup is not None:
-            cgroup.remove()
-        container.remove_dir()
+        try:
+            if cgroup is not None:
+                cgroup.remove()
+        except PyoukiError as e:
+            # the error that matters is the one being raised; the directory stays, so that
+            # `delete --force` finds the cgroup in creating.bin and finishes the job
+            log.warning(f"container {opts.id}: {e}; delete --force removes it")
+        else:
+            container.remove_dir()
         raise
     finally:
         container.unlock()
@@ -165,15 +171,28 @@ def _owner_name() -> str:
 
 
 def kill_and_reap(pid: int) -> None:
-    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping)."""
+    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping);
+    otherwise (init is the intermediate's child) wait until it has exited, so that its cgroup is
+    empty by the time the caller removes it."""
     try:
-        os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
-    except ProcessLookupError:
-        return
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
     try:
-        os.waitpid(pid, 0)  # ours when we are its subreaper
-    except ChildProcessError:
-        pass
+        try:
+            os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
+        except ProcessLookupError:
+            return
+        try:
+            os.waitpid(pid, 0)  # ours when we are its subreaper
+            return
+        except ChildProcessError:
+            pass
+        import select
+
+        select.select([pidfd], [], [], 5.0)  # readable once it has exited
+    finally:
+        os.close(pidfd)
 
 
 class _Spawned:
