@@ -123,27 +123,36 @@ def namespaces(config: dict) -> dict[str, str | None]:
     return result
 
 
-def refuse_nul(value: object, field: str = "") -> None:
-    """No string in the config (value or key) may hold a NUL byte: none can reach the kernel
-    (paths, args, env, names) and Python would fail on it deep inside the set-up."""
+def check_strings(value: object, field: str = "") -> None:
+    """No string in the config (value or key) may hold a NUL byte or a lone surrogate (a JSON
+    "\\ud800" escape): neither can reach the kernel (paths, args, env, names), and Python would
+    fail on it deep inside the set-up."""
     stack = [(value, field)]
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
-            if "\0" in item:
-                raise ConfigError(where or "(top level)", "must not contain a NUL byte")
+            _check_string(item, where or "(top level)")
         elif isinstance(item, dict):
             for key, inner in item.items():
-                if "\0" in key:
-                    raise ConfigError(where or "(top level)", f"key {key!r} must not contain a NUL byte")
+                _check_string(key, where or "(top level)", f"key {key!r} ")
                 stack.append((inner, f"{where}.{key}" if where else key))
         elif isinstance(item, list):
             stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
 
 
+def _check_string(text: str, field: str, what: str = "") -> None:
+    if "\0" in text:
+        raise ConfigError(field, f"{what}must not contain a NUL byte")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(field, f"{what}is not valid unicode (a lone surrogate)") from None
+
+
 def validate(config: dict, bundle: str, rootless: bool) -> str:
     """Check the fields pyouki relies on; return the absolute rootfs path."""
-    refuse_nul(config)
+    check_strings(config)
     if not isinstance(config.get("ociVersion"), str):
         raise ConfigError("ociVersion", "must be a string")
     root = _expect(config.get("root"), dict, "root")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MARK_VAR, Bundle, Runner, marked_pids, mounts_under
+from harness import MARK_VAR, Bundle, Runner, cgroup_leftovers, marked_pids, mounts_under
 
 SCHEMA_DIR = Path(__file__).parent / "fixtures" / "runtime-spec-schema"
 CASES = int(os.environ.get("PYOUKI_FUZZ_CASES") or 150)
@@ -321,47 +321,6 @@ def base_config(bundle: Bundle, rootless: bool) -> dict:
         linux.setdefault("resources", {})["pids"] = {"limit": 100}
     linux["maskedPaths"] = list(linux.get("maskedPaths") or ["/proc/kcore"])
     return config
-
-
-def cgroup_leftovers(names: list[str]) -> list[str]:
-    """Cgroup directories (three levels deep in every hierarchy, and under our own cgroup) whose
-    name carries one of names."""
-    found = []
-    roots = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        fstype = line.partition(" - ")[2].split()[0]
-        if fstype in ("cgroup", "cgroup2"):
-            roots.append(fields[4])
-    own = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, ctrl, path = line.split(":", 2)
-        own[ctrl] = path
-    for root in roots:
-        tops = [Path(root)]
-        for path in own.values():
-            candidate = Path(root + path)
-            if path != "/" and candidate.is_dir():
-                tops.append(candidate)
-        for top in tops:
-            found.extend(_dirs_named(str(top), names, 3))
-    return sorted(set(found))
-
-
-def _dirs_named(top: str, names: list[str], depth: int) -> list[str]:
-    """Directories below top (depth levels) whose name carries one of names; other tests'
-    cgroups come and go meanwhile: a directory that vanishes is skipped."""
-    found = []
-    try:
-        entries = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-    for e in entries:
-        if any(n in e.name for n in names):
-            found.append(e.path)
-        if depth > 1:
-            found.extend(_dirs_named(e.path, names, depth - 1))
-    return found
 
 
 def run_case(runner: Runner, n: int, data: bytes, what: str, cid: str) -> str:
