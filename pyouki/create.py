@@ -20,7 +20,7 @@ import os
 from pyouki import hooks, log, notify
 from pyouki.channel import Channel, fork_child, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
@@ -154,7 +154,7 @@ def write_pid_file(path: str, pid: int) -> None:
             os.close(fd)
         os.rename(tmp, path)
     except OSError as e:
-        raise PyoukiError(f"failed to write pid file {path}: {(e.strerror or '').lower()}") from None
+        raise PyoukiError(f"failed to write pid file {path}: {reason(e)}") from None
 
 
 def _owner_name() -> str:
