@@ -84,7 +84,7 @@ def _timed(runner: Runner, *args: str) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("verb", ["create", "run", "exec", "delete"])
+@pytest.mark.parametrize("verb", ["create", "run", "start", "exec", "delete"])
 def test_sigkill_at_random_points(runner: Runner, bundle: Bundle, verb: str) -> None:
     """SIGKILL the verb after a random delay (up to its usual duration); then `delete --force`
     cleans up everything, and the id is reusable."""
@@ -94,7 +94,9 @@ def test_sigkill_at_random_points(runner: Runner, bundle: Bundle, verb: str) -> 
     # how long the verb normally takes: the kills land anywhere in it
     probe = runner.new_id("probe")
     span = _timed(runner, "create", "--bundle", str(bundle.path), probe)
-    if verb == "exec":
+    if verb == "start":
+        span = _timed(runner, "start", probe)
+    elif verb == "exec":
         runner.start(probe).ok()
         span = _timed(runner, "exec", "-d", probe, "sleep", "999")
     elif verb == "delete":
@@ -107,8 +109,11 @@ def test_sigkill_at_random_points(runner: Runner, bundle: Bundle, verb: str) -> 
         env = runner.env() | {MARK_VAR: mark}
         if verb in ("exec", "delete"):
             runner.cmd("run", "-d", "--bundle", str(bundle.path), cid, env=env).ok()
+        elif verb == "start":
+            runner.cmd("create", "--bundle", str(bundle.path), cid, env=env).ok()
         argv = {"create": ["create", "--bundle", str(bundle.path), cid],
                 "run": ["run", "--bundle", str(bundle.path), cid],
+                "start": ["start", cid],
                 "exec": ["exec", cid, "sleep", "999"],
                 "delete": ["delete", "--force", cid]}[verb]
         delay = rng.uniform(0, span * (1.6 if verb == "run" else 1.2))  # run: create, then start
