@@ -167,7 +167,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             _remove_unrecorded(container)
             if force:
                 return
-            raise ContainerError(f"container {container_id} does not exist")
+            raise ContainerError(f"{container_id}: container does not exist")  # runc's words, as engines match them
         container.load()
         status = container.status()
         if status != "stopped":

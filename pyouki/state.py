@@ -215,12 +215,13 @@ class Container:
         return self
 
     def _lock(self, blocking: bool) -> bool:
+        # the errors carry runc's wording, which engines match ("container does not exist")
         import fcntl
 
         try:
             fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ContainerError(f"container {self.id} does not exist") from None
+            raise ContainerError(f"{self.id}: container does not exist") from None
         except OSError as e:
             raise PyoukiError(f"failed to open the state of container {self.id}: {reason(e)}") from None
         try:
@@ -235,7 +236,7 @@ class Container:
             except FileNotFoundError:
                 now = None
             if held.st_nlink == 0 or now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-                raise ContainerError(f"container {self.id} does not exist")
+                raise ContainerError(f"{self.id}: container does not exist")
         except BaseException:
             os.close(fd)
             raise
@@ -260,7 +261,7 @@ class Container:
             try:
                 os.mkdir(self.dir, 0o700)
             except FileExistsError:
-                raise ContainerError(f"container {self.id} already exists") from None
+                raise ContainerError(f"{self.id}: container with given ID already exists") from None
             except OSError as e:
                 raise PyoukiError(f"failed to create {self.dir}: {reason(e)}") from None
             self._lock(blocking=True)
