@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - the last resort: outside dispatch (parsing, click)
-        return fail(describe(e), e, "--debug" in argv)
+        return fail(describe(e), error=e, debug="--debug" in argv)
 
 
 def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
@@ -45,12 +45,12 @@ def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # noqa: BLE001 - PyoukiError, and the last resort for anything else
-        return fail(describe(e), e, bool(globals_.get("debug")))
+        return fail(describe(e), error=e, debug=bool(globals_.get("debug")))
 
 
-def fail(message: str, error: BaseException | None = None, debug: bool = False) -> int:
+def fail(message: str, status: int = 1, error: BaseException | None = None, debug: bool = False) -> int:
     """Report message as pyouki's one-line error (with debug, error's chain after it); return
-    the exit status."""
+    the exit status (1 unless given)."""
     message = " ".join(message.split())  # one line, whatever the message holds
     log.error(message)
     lines = [f"pyouki: {message}\n"]
@@ -63,7 +63,7 @@ def fail(message: str, error: BaseException | None = None, debug: bool = False) 
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-    return 1
+    return status
 
 
 def _chain(error: BaseException) -> list[str]:
