@@ -190,6 +190,25 @@ def test_delete_removes_what_a_killed_create_left(runtime: RuntimeInfo, runner: 
     runner.delete(cid, "--force").ok()
 
 
+def test_delete_force_removes_a_directory_holding_only_the_fifo(runner: Runner, bundle: Bundle) -> None:
+    """The state the issue found after 8 of 15 killed creates: only exec.fifo. `delete --force`
+    said the container did not exist, create that it existed: the id was blocked for good."""
+    cid = runner.new_id()
+    runner.create(cid, bundle).ok()
+    runner.delete(cid, "--force").ok()  # the state root exists now
+    d = runner.state_root / cid
+    d.mkdir(mode=0o700)
+    os.mkfifo(d / "exec.fifo", 0o600)
+    if runner.owner:
+        os.chown(d, *runner.owner)
+        os.chown(d / "exec.fifo", *runner.owner)
+    runner.delete(cid, "--force").ok()
+    assert not d.exists()
+    runner.create(cid, bundle).ok()
+    runner.delete(cid, "--force").ok()
+    assert runner.state_entries() == []
+
+
 def test_delete_waits_for_a_create_in_progress(runner: Runner, bundle: Bundle) -> None:
     """A delete of an id whose create is still running waits for it, instead of taking its
     unrecorded directory for the remains of a killed one."""
