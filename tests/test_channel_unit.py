@@ -78,6 +78,25 @@ def test_sending_to_a_closed_reader_raises() -> None:
         writer.send("ready")
 
 
+def test_the_seccomp_handover_signals_with_a_framed_message() -> None:
+    """The listener fd's signal shares the sync pipe with framed messages: a raw line there would
+    read as a frame header (and the reader wait for bytes that never come)."""
+    from pyouki.seccomp_notify import Handover
+
+    reader, writer = _pipe()
+    handover = Handover(writer.write_fd)
+    r, w = os.pipe()
+    try:
+        handover.send(r)  # closes r and the child's end, as in the container's process
+        writer.close()
+        assert reader.receive() == ("seccomp", "")
+        assert reader.receive() == ("eof", "")
+    finally:
+        handover.close()
+        reader.close()
+        os.close(w)
+
+
 def test_a_child_that_raises_never_returns_into_the_callers_frames(capfd: pytest.CaptureFixture[str]) -> None:
     def body() -> None:
         raise ValueError("boom")
