@@ -15,6 +15,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from typing import Any
 
+MAX_ID = 2**32 - 2  # uid_t and gid_t; (uid_t)-1 means "no change" to the kernel
+# linux.resources: the type of each member (runtime-spec config-linux.json)
+RESOURCE_KINDS = {"devices": list, "memory": dict, "cpu": dict, "pids": dict, "blockIO": dict,
+                  "hugepageLimits": list, "network": dict, "rdma": dict, "unified": dict}
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
@@ -38,6 +42,8 @@ def parse_json(text: str, path: str) -> object:
     start = len(text) - len(text.lstrip(" \t\n\r"))
     try:
         value, end = _json.make_scanner(_ScannerContext())(text, start)  # type: ignore[arg-type]
+    except RecursionError:
+        raise PyoukiError(f"failed to parse {path}: nested too deeply") from None
     except (StopIteration, ValueError, SystemError):
         # the C scanner reports errors through json.decoder: let the full module say what is wrong
         import json
@@ -46,6 +52,8 @@ def parse_json(text: str, path: str) -> object:
             json.loads(text)
         except ValueError as e:
             raise PyoukiError(f"failed to parse {path}: {e}") from None
+        except RecursionError:
+            raise PyoukiError(f"failed to parse {path}: nested too deeply") from None
         raise PyoukiError(f"failed to parse {path}: invalid JSON") from None
     finally:
         _ScannerContext.memo.clear()
@@ -115,8 +123,36 @@ def namespaces(config: dict) -> dict[str, str | None]:
     return result
 
 
+def check_strings(value: object, field: str = "") -> None:
+    """No string in the config (value or key) may hold a NUL byte or a lone surrogate (a JSON
+    "\\ud800" escape): neither can reach the kernel (paths, args, env, names), and Python would
+    fail on it deep inside the set-up."""
+    stack = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where or "(top level)")
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                _check_string(key, where or "(top level)", f"key {key!r} ")
+                stack.append((inner, f"{where}.{key}" if where else key))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+
+
+def _check_string(text: str, field: str, what: str = "") -> None:
+    if "\0" in text:
+        raise ConfigError(field, f"{what}must not contain a NUL byte")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(field, f"{what}is not valid unicode (a lone surrogate)") from None
+
+
 def validate(config: dict, bundle: str, rootless: bool) -> str:
     """Check the fields pyouki relies on; return the absolute rootfs path."""
+    check_strings(config)
     if not isinstance(config.get("ociVersion"), str):
         raise ConfigError("ociVersion", "must be a string")
     root = _expect(config.get("root"), dict, "root")
@@ -139,12 +175,16 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         if not isinstance(env, str) or "=" not in env:
             raise ConfigError(f"process.env[{i}]", "must be a string of the form KEY=VALUE")
     user = _optional(process, "user", dict, "process", {})
-    for key in ("uid", "gid", "umask"):
+    for key, most in (("uid", MAX_ID), ("gid", MAX_ID), ("umask", 0o7777)):
         value = _optional(user, key, int, "process.user")
         if value is not None and value < 0:
             raise ConfigError(f"process.user.{key}", "must not be negative")
+        if value is not None and value > most:
+            raise ConfigError(f"process.user.{key}", f"must be at most {most}")
     for i, gid in enumerate(_optional(user, "additionalGids", list, "process.user", [])):
         _expect(gid, int, f"process.user.additionalGids[{i}]")
+        if not 0 <= gid <= MAX_ID:
+            raise ConfigError(f"process.user.additionalGids[{i}]", f"must be between 0 and {MAX_ID}")
     if process.get("terminal"):
         pass  # checked against --console-socket by the caller
     for i, rl in enumerate(_optional(process, "rlimits", list, "process", [])):
@@ -152,7 +192,7 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         _expect(rl, dict, field)
         from pyouki.process import RLIMITS
 
-        if rl.get("type") not in RLIMITS:
+        if not isinstance(rl.get("type"), str) or rl.get("type") not in RLIMITS:
             raise ConfigError(f"{field}.type", f"unknown rlimit {rl.get('type')!r}")
         _expect(rl.get("soft"), int, f"{field}.soft")
         _expect(rl.get("hard"), int, f"{field}.hard")
@@ -190,6 +230,13 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     if (config.get("hostname") or config.get("domainname")) and "uts" not in nss:
         raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
     linux = _optional(config, "linux", dict, "", {})
+    _optional(linux, "cgroupsPath", str, "linux")
+    resources = _optional(linux, "resources", dict, "linux", {})
+    for key, kind in RESOURCE_KINDS.items():
+        value = _optional(resources, key, kind, "linux.resources")  # the drivers check what is inside
+        if kind is list:
+            for i, entry in enumerate(value or []):
+                _expect(entry, dict, f"linux.resources.{key}[{i}]")
     for key in ("uidMappings", "gidMappings"):
         maps = _optional(linux, key, list, "linux", [])
         for i, entry in enumerate(maps):

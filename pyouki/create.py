@@ -6,6 +6,11 @@ namespace (the parent writes its id maps), then the other namespaces, and forks 
 in the new PID namespace. Init builds the filesystem view, drops privileges, reports `ready` and
 waits on the fifo. Every step's error comes back over the channel as one line; the parent then
 kills what it started and removes the directory, so a failed create leaves nothing behind.
+
+A create that is killed cannot clean up, so nothing it starts outlives it until the container
+is recorded: the intermediate dies with the parent (parent-death signal), init with the
+intermediate, which stays until the parent releases init after saving the record; and
+`creating.bin` names the cgroup and init for a later `delete` of the directory left behind.
 """
 
 from __future__ import annotations
@@ -13,16 +18,16 @@ from __future__ import annotations
 import os
 
 from pyouki import hooks, log, notify
-from pyouki.channel import Channel, pipe_pair
+from pyouki.channel import Channel, fork_child, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
-from pyouki.enginewords import EXISTS
-from pyouki.errors import ContainerExists, PyoukiError
+from pyouki.errors import PyoukiError, reason
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from pyouki import init
     from pyouki.cgroups.manager import CgroupManager
+    from pyouki.intelrdt import Rdt
     from pyouki.netdev import NetDevices
 
 
@@ -77,17 +82,12 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         from pyouki import netdev  # imports pyroute2 (~150 ms) only for such a config
 
         netdevs = netdev.NetDevices(netdev.check(config, namespaces(config), opts.rootless))
-    try:
-        os.mkdir(container.dir, 0o700)
-    except FileExistsError:
-        raise ContainerExists(f"{opts.id}: {EXISTS}") from None
-    except OSError as e:
-        raise PyoukiError(f"failed to create {container.dir}: {(e.strerror or '').lower()}") from None
+    container.make_dir()
     init_pid = 0
     cgroup = None
     rdt = None
+    spawned = None
     try:
-        container.lock()
         if (config.get("linux") or {}).get("intelRdt") is not None:
             from pyouki import intelrdt
 
@@ -101,6 +101,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             if mgr is not None:
                 _refuse_frozen(mgr)  # before it is ours to remove: it existed before this create
             cgroup = mgr
+        # before anything exists that a killed create would leave: the cgroup is made at apply
+        container.save_creating(_creating_facts(cgroup, rdt))
         fifo = os.path.join(container.dir, FIFO_FILE)
         os.mkfifo(fifo, 0o600)
         # opened here and inherited, so init can wait on it whatever uid it runs as; O_RDWR keeps
@@ -114,9 +116,10 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         try:
-            init_pid, master = _spawn(config, bundle, rootfs, opts, fifo_fd, container.lock_fd, cgroup, netdevs)
+            spawned = _spawn(config, bundle, rootfs, opts, fifo_fd, container, cgroup, rdt, netdevs)
         finally:
             os.close(fifo_fd)
+        init_pid, master = spawned.init_pid, spawned.master
         if rdt is not None:
             rdt.add_task(init_pid)  # init still waits for start: the container process runs in the group
         nss = namespaces(config)
@@ -151,16 +154,23 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
                 os.close(master)
             master = -1
         container.console_master = master
+        spawned.release()
     except BaseException:
         if netdevs is not None:
             netdevs.restore()  # before init dies: its network namespace would destroy them
-        if init_pid:
-            kill_and_reap(init_pid)
-        if cgroup is not None:
-            cgroup.remove()
-        if rdt is not None:
-            rdt.remove()
-        container.remove_dir()
+        if spawned is not None:
+            spawned.kill()
+        try:
+            if cgroup is not None:
+                cgroup.remove()
+            if rdt is not None:
+                rdt.remove()
+        except PyoukiError as e:
+            # the error that matters is the one being raised; the directory stays, so that
+            # `delete --force` finds the cgroup in creating.bin and finishes the job
+            log.warning(f"container {opts.id}: {e}; delete --force removes it")
+        else:
+            container.remove_dir()
         raise
     finally:
         container.unlock()
@@ -213,7 +223,7 @@ def write_pid_file(path: str, pid: int) -> None:
                 pass
             raise
     except OSError as e:
-        raise PyoukiError(f"failed to write pid file {path}: {(e.strerror or '').lower()}") from None
+        raise PyoukiError(f"failed to write pid file {path}: {reason(e)}") from None
 
 
 def _owner_name() -> str:
@@ -230,21 +240,97 @@ def _owner_name() -> str:
 
 
 def kill_and_reap(pid: int) -> None:
-    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping)."""
+    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping);
+    otherwise (init is the intermediate's child) wait until it has exited, so that its cgroup is
+    empty by the time the caller removes it."""
     try:
-        os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
-    except ProcessLookupError:
-        return
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone already
     try:
-        os.waitpid(pid, 0)  # ours when we are its subreaper
-    except ChildProcessError:
-        pass
+        try:
+            os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
+        except ProcessLookupError:
+            return
+        try:
+            os.waitpid(pid, 0)  # ours when we are its subreaper
+            return
+        except ChildProcessError:
+            pass
+        import select
+
+        select.select([pidfd], [], [], 5.0)  # readable once it has exited
+    finally:
+        os.close(pidfd)
 
 
-def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, lock_fd: int,
-           cgroup: CgroupManager | None, netdevs: NetDevices | None = None) -> tuple[int, int]:
-    """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
-    the terminal's master fd (-1 without a terminal)."""
+class _Spawned:
+    """The intermediate process and init of a create, until init is released (or killed)."""
+
+    def __init__(self, intermediate: int, up: Channel, down: Channel) -> None:
+        self.intermediate = intermediate
+        self.init_pid = 0
+        self.init_start: int | None = None
+        self.master = -1  # the terminal's master fd, -1 without a terminal
+        self.up = up
+        self.down = down
+
+    def release(self) -> None:
+        """The container is recorded: tell init to go on by itself (it drops its parent-death
+        signal and closes its end), wait for that, then end the intermediate."""
+        try:
+            self.down.send("created")
+            while self.up.receive()[0] != "eof":
+                pass
+        except OSError:
+            pass  # init is gone already: the container is simply stopped
+        self._close()
+        kill_and_reap(self.intermediate)
+
+    def kill(self) -> None:
+        """Kill and reap what was started (after an error)."""
+        self._close()
+        if self.init_pid and process_start_time(self.init_pid) == self.init_start:
+            kill_and_reap(self.init_pid)
+        kill_and_reap(self.intermediate)  # still holds init as its child: the pid cannot be reused before
+
+    def _close(self) -> None:
+        self.up.close()
+        self.down.close()
+
+
+def _start_intermediate(plan: init.Plan, lock_fd: int, console_parent: object, up: Channel, down_w: Channel,
+                        down_r: Channel, up_w: Channel, stdio: object = None) -> None:
+    """In the forked child: drop the parent's ends, then become the intermediate process."""
+    from pyouki import init
+
+    if console_parent is not None:
+        console_parent.close()  # type: ignore[attr-defined]
+    # the lock is on the open file description: a child holding it would keep it forever
+    os.close(lock_fd)
+    up.close()
+    down_w.close()
+    if stdio is not None:  # the API's stdio for the container (the CLI's are inherited)
+        from pyouki.process import redirect_stdio
+
+        redirect_stdio(stdio)  # type: ignore[arg-type]
+    init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
+
+
+def _creating_facts(cgroup: CgroupManager | None, rdt: Rdt | None, init_pid: int = 0,
+                    init_start: int | None = None) -> dict:
+    """What a killed create leaves for `delete` to remove (state.CREATING_FILE)."""
+    facts: dict = {"cgroup": cgroup.to_state() if cgroup is not None else None,
+                   "intel_rdt": rdt.to_state() if rdt is not None else None}
+    if init_pid:
+        facts.update(pid=init_pid, pid_start=init_start)
+    return facts
+
+
+def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, container: Container,
+           cgroup: CgroupManager | None, rdt: Rdt | None = None, netdevs: NetDevices | None = None) -> _Spawned:
+    """Fork the intermediate process and drive the set-up until init is ready; the caller then
+    records the container and releases init (or kills it)."""
     from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
@@ -274,20 +360,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         from pyouki.seccomp_notify import Handover
 
         handover = plan.seccomp.handover = Handover(up_w.write_fd)
-    pid = os.fork()
-    if pid == 0:
-        if console_parent is not None:
-            console_parent.close()
-        # the lock is on the open file description: a child holding it would keep it forever
-        os.close(lock_fd)
-        up.close()
-        down_w.close()
-        if opts.stdio is not None:
-            from pyouki.process import redirect_stdio
-
-            redirect_stdio(opts.stdio)
-        init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
-        os._exit(1)  # not reached
+    pid = fork_child(_start_intermediate, plan, container.lock_fd, console_parent, up, down_w, down_r, up_w,
+                     opts.stdio)
     up_w.close()
     down_r.close()
     idmapmount.close_all()  # init has its own copies
@@ -295,6 +369,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         handover.close_child_end()
     if plan.console_sock is not None:
         plan.console_sock.close()
+    spawned = _Spawned(pid, up, down_w)
     init_pid = 0
     ready = False
     hooks_pending = False
@@ -307,9 +382,9 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
             if verb == "map":
                 _enter_cgroup_and_map_ids(plan, pid, down_w, cgroup)
             elif verb == "pid":
-                init_pid = int(arg)
-                os.waitpid(pid, 0)
-                pid = 0
+                init_pid = spawned.init_pid = int(arg)
+                spawned.init_start = process_start_time(init_pid)
+                container.save_creating(_creating_facts(cgroup, rdt, init_pid, spawned.init_start))
                 if netdevs is not None:  # init's network namespace exists: before the create hooks
                     netdevs.move_into(init_pid)
             elif verb == "ready":
@@ -332,23 +407,20 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
                 _run_create_hooks(config, opts, bundle, init_pid, down_w)
         pids = ((config.get("linux") or {}).get("resources") or {}).get("pids")
         if cgroup is not None and pids:
-            cgroup.set_resources({"pids": pids})  # the intermediate is reaped: init is alone
+            # init is forked: the intermediate, idle until release(), forks nothing more, and the
+            # kernel takes a limit below the processes already there (it only refuses new forks)
+            cgroup.set_resources({"pids": pids})
         if console_parent is not None:
             from pyouki.console import receive_master
 
-            return init_pid, receive_master(console_parent)
-        return init_pid, -1
+            spawned.master = receive_master(console_parent)
+        return spawned
     except BaseException:
         if netdevs is not None:
-            netdevs.restore()
-        if init_pid:
-            kill_and_reap(init_pid)
+            netdevs.restore()  # before init dies: its network namespace would destroy them
+        spawned.kill()
         raise
     finally:
-        if pid:
-            kill_and_reap(pid)
-        up.close()
-        down_w.close()
         if console_parent is not None:
             console_parent.close()
         if handover is not None:
@@ -388,8 +460,8 @@ def _enter_cgroup_and_map_ids(plan: init.Plan, pid: int, down: Channel, cgroup: 
                 resources.pop("devices", None)
             else:
                 resources["devices"] = device_rules(linux)
-            # the pids limit comes once init is alone in the cgroup (_spawn): a limit of 1 (or 0)
-            # must not keep this intermediate from forking init, as in runc
+            # the pids limit comes once init is forked (_spawn): a limit of 1 (or 0) must not keep
+            # this intermediate from forking init, as in runc
             resources.pop("pids", None)
             cgroup.set_resources(resources)
         if plan.new_userns:

@@ -2,11 +2,38 @@
 
 The CLI prints any of them as `pyouki: MESSAGE`; the Python API (pyouki.api) raises them as they
 are, so a program can tell them apart by type (see docs/api.md).
+
+The line is what callers see; the exception it came from stays attached (`raise ... from None`
+only hides it from the default traceback: it is still `__context__`), so `errno` and `--debug`
+can reach it.
 """
 
 
 class PyoukiError(Exception):
-    """A failure to report to the caller as one line, then exit non-zero."""
+    """A failure to report to the caller as one line, then exit non-zero.
+
+    errno: the errno of the OSError behind it (given, or found in the chain of causes), else None.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self._errno = errno
+
+    @property
+    def errno(self) -> int | None:
+        if self._errno is not None:
+            return self._errno
+        cause = self.cause
+        while cause is not None:
+            if isinstance(cause, OSError) and cause.errno is not None:
+                return int(cause.errno)
+            cause = cause.__cause__ or cause.__context__
+        return None
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The exception this one was raised from or while handling, if any."""
+        return self.__cause__ or self.__context__
 
 
 class ConfigError(PyoukiError):
@@ -45,3 +72,24 @@ class ContainerNotPaused(ContainerError):
 
 class ExitStatusUnknown(ContainerError):
     """wait() on a process whose exit status this process cannot learn (see docs/api.md)."""
+
+
+def reason(e: OSError) -> str:
+    """The lowercase reason of an OSError, as pyouki's messages put it ("permission denied")."""
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def describe(e: BaseException) -> str:
+    """One lowercase line for any exception: pyouki's own message, an OSError's reason and
+    file, or (a bug) the exception's type and text."""
+    if isinstance(e, PyoukiError):
+        return str(e)
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename is not None else ""
+        return f"{reason(e)}{where}"
+    if isinstance(e, RecursionError):
+        return "internal error: nested too deeply (recursion limit)"
+    if isinstance(e, MemoryError):
+        return "internal error: out of memory"
+    text = " ".join(str(e).split()).rstrip(".")
+    return f"internal error: {type(e).__name__}" + (f": {text}" if text else "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from pyouki import syscalls as sc
-from pyouki.channel import Channel
+from pyouki.channel import Channel, fork_child
 from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
 from pyouki.state import Container
 
@@ -208,8 +208,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         from pyouki.seccomp_notify import Handover
 
         handover = seccomp.handover = Handover(up_w.write_fd)
-    pid = os.fork()
-    if pid == 0:
+
+    def start_intermediate() -> None:  # in the child; fork_child ends it with os._exit whatever happens
         up.close()
         down_w.close()
         if console_parent is not None:
@@ -221,6 +221,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
 
             redirect_stdio(opts.stdio)
         _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + listen, down_r, up_w)
+
+    pid = fork_child(start_intermediate)
     up_w.close()
     down_r.close()
     for _, fd, _ in ns_fds:
@@ -335,9 +337,7 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
             os.close(fd)
             if kind == "user":  # read now: once in the mount namespace, /proc is the container's
                 allowed = init.setgroups_allowed()
-        pid = os.fork()
-        if pid == 0:
-            _child(process, caps, seccomp, console_child, preserve_fds, allowed, up, stub)
+        pid = fork_child(_child, process, caps, seccomp, console_child, preserve_fds, allowed, up, stub)
         up.send("pid", str(pid))
         os._exit(0)
     except PyoukiError as e:

@@ -17,6 +17,8 @@ import os
 
 from pyouki.errors import ConfigError, PyoukiError
 
+# the longest timeout the wait can express: poll(2) takes milliseconds in an int (about 24 days)
+MAX_TIMEOUT = 2**31 // 1000 - 1
 PHASES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
@@ -45,6 +47,8 @@ def validate(config: dict) -> None:
             timeout = hook.get("timeout")
             if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout <= 0):
                 raise ConfigError(f"{field}.timeout", "must be a positive integer")
+            if timeout is not None and timeout > MAX_TIMEOUT:
+                raise ConfigError(f"{field}.timeout", f"must be at most {MAX_TIMEOUT} seconds")
 
 
 def has(config: dict, *phases: str) -> bool:
@@ -88,7 +92,7 @@ def run(config: dict, phase: str, state: dict, *, cwd: str | None = None,
             raise PyoukiError(f"{field}: failed to run hook {path}: {(e.strerror or str(e)).lower()}") from None
         if result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
-            detail = f": {lines[-1]}" if lines else ""
+            detail = f": {lines[-1].rstrip('.')}" if lines else ""
             status = (f"exit status {result.returncode}" if result.returncode > 0
                       else f"signal {-result.returncode}")
             raise PyoukiError(f"{field}: hook {path} failed with {status}{detail}")

@@ -20,7 +20,7 @@ from pyouki import lsm, procattrs
 from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
-from pyouki.channel import Channel
+from pyouki.channel import Channel, fork_child
 from pyouki.config import namespaces
 from pyouki.errors import PyoukiError
 from pyouki.execstub import ExecStub, script_interpreter
@@ -58,6 +58,7 @@ class Plan:
         self.fifo_fd = fifo_fd
         self.container_id = container_id
         self.new_keyring = new_keyring
+        self.parent_pid = os.getpid()  # the create that forks the intermediate (Plan is made there)
         self.namespaces = namespaces(config)
         self.new_userns = "user" in self.namespaces and self.namespaces["user"] is None
         # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
@@ -140,10 +141,21 @@ def _reason(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
+def _die_with(parent_pid: int) -> None:
+    """SIGKILL when the parent dies; exit now if it already has (before the signal was armed)."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
-    """Enter or create the namespaces, then fork init into them; never returns."""
+    """Enter or create the namespaces, then fork init into them; never returns.
+
+    It lives on after that, idle, until create has recorded the container and kills it: init's
+    parent-death signal is tied to it, and its own to create.
+    """
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, 9)  # die with the parent while the set-up is under way
+        _die_with(plan.parent_pid)  # die with create while the set-up is under way
         oom = plan.process.get("oomScoreAdj")
         if oom is not None:
             _write_oom_score_adj(oom)
@@ -174,6 +186,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
                 os.setresuid(0, 0, 0)
             except OSError:
                 pass  # 0 is not mapped: stay the overflow id, with full capabilities inside
+            _die_with(plan.parent_pid)  # a change of credentials clears the parent-death signal
         # from here on, no process in the container may ptrace us or read our memory
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         flags = 0
@@ -196,12 +209,12 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
                 log.warning("could not bring up lo in the new network namespace: operation not permitted")
         if "time" in plan.namespaces and plan.namespaces["time"] is None:
             _write_time_offsets(plan.linux.get("timeOffsets") or {})
-        pid = os.fork()
-        if pid == 0:
-            container_init(plan, up, down)
-            os._exit(1)
+        pid = fork_child(container_init, plan, up, down)
         up.send("pid", str(pid))
-        os._exit(0)
+        up.close()
+        down.close()
+        while True:  # until create kills us (or we die with it)
+            select.select([], [], [])
     except PyoukiError as e:
         up.send("error", str(e))
     except OSError as e:
@@ -243,9 +256,16 @@ def _write_time_offsets(offsets: dict) -> None:
 
 
 def container_init(plan: Plan, up: Channel, down: Channel) -> None:
-    """Build the container around this process, report ready, wait for start, exec; never returns."""
+    """Build the container around this process, report ready, wait for start, exec; never returns.
+
+    Until create has recorded the container, init must not outlive it: nothing would find it.
+    It dies with the intermediate (which dies with create) by a parent-death signal, and after
+    `ready` waits for create's `created`; end-of-file instead means create is gone.
+    """
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # our parent exits next; the container must outlive it
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        if _creator_gone(down):  # create (and so the intermediate) died before the signal was armed
+            os._exit(1)
         os.setsid()
         stub = ExecStub.prepare(3 + plan.preserve_fds)  # before the container's filesystem and seccomp
         if plan.new_keyring:
@@ -258,9 +278,13 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         lsm.apply(plan.process)
         if plan.seccomp is not None and plan.seccomp.notify:
             plan.seccomp.load()  # its listener fd reaches the agent through create, still listening (runc's order)
-        down.close()
         up.send("ready")
-        up.close()
+        # the user switch may have cleared the parent-death signal: the channel still tells
+        if down.receive()[0] != "created":
+            os._exit(1)
+        sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # recorded: the container outlives create from now on
+        down.close()
+        up.close()  # create waits for this end-of-file before it ends the intermediate
         _wait_for_start(plan.fifo_fd)
         if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
             plan.seccomp.load()  # before the startContainer hooks: they run under it in runc too
@@ -276,6 +300,13 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
     except BaseException as e:  # noqa: BLE001
         _report(up, f"container init failed: {e}")
     os._exit(127)
+
+
+def _creator_gone(down: Channel) -> bool:
+    """True when create has died: it alone holds the writing end of down."""
+    poller = select.poll()
+    poller.register(down.read_fd, select.POLLIN)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def _new_session_keyring(container_id: str) -> None:

@@ -11,8 +11,8 @@ import os
 import time
 
 from pyouki import log, notify
-from pyouki.enginewords import NOT_RUNNING
-from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
+from pyouki.enginewords import NOT_EXIST, NOT_RUNNING
+from pyouki.errors import ContainerError, ContainerNotFound, ContainerNotRunning, PyoukiError
 from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
 
@@ -166,16 +166,29 @@ def container_pids(container: Container) -> list[int]:
 
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
-    """Remove a stopped container (with force, kill it first); force on a missing id is not an error."""
+    """Remove a stopped container (with force, kill it first); force on a missing id is not an error.
+
+    A directory without a record (a create that was killed) goes too, with what that create had
+    made, as runc removes such directories: otherwise the id would stay blocked for good.
+    """
     container = Container(root, container_id)
     try:
-        container.load()
+        # locked first, then read: what another command did while we waited counts
         container.lock()
+        if not container.exists():
+            container.unlock()
+            container.lock_unrecorded()
     except ContainerError:
         if force:
             return
         raise
     try:
+        if not container.exists():
+            _remove_unrecorded(container)
+            if force:
+                return
+            raise ContainerNotFound(f"{container_id}: {NOT_EXIST}")
+        container.load()
         status = container.status()
         if status != "stopped":
             # like runc, a created container (its process never started) goes without --force
@@ -198,6 +211,44 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
     finally:
         container.unlock()
     log.debug(f"container {container_id} deleted")
+
+
+def _remove_unrecorded(container: Container) -> None:
+    """Remove what a killed create left: its init (if it still runs), its cgroup, its resctrl group,
+    its directory.
+
+    Init dies by itself when create does (a parent-death signal until create has recorded it),
+    but asynchronously: kill it here, and anything in the cgroup, and wait, so the cgroup can go.
+    """
+    from pyouki.state import process_start_time
+
+    facts = container.creating_facts()
+    pid = int(facts.get("pid") or 0)
+    if pid > 1 and process_start_time(pid) == facts.get("pid_start"):
+        _signal(pid, 9)
+        container.record = {"pid": pid, "pid_start": facts.get("pid_start")}
+        wait_for_exit(container)
+        container.record = {}
+    if facts.get("cgroup"):
+        from pyouki.cgroups import manager_from_state
+
+        manager = manager_from_state(facts["cgroup"])
+        if manager is not None:
+            try:
+                if manager.pids():
+                    manager.kill_all(9)
+                    deadline = time.monotonic() + 10
+                    while manager.pids() and time.monotonic() < deadline:
+                        time.sleep(0.005)
+            except (PyoukiError, OSError) as e:
+                log.debug(f"container {container.id}: killing what its cgroup holds: {e}")
+            manager.remove()
+    if facts.get("intel_rdt"):
+        from pyouki.intelrdt import Rdt
+
+        Rdt.from_state(facts["intel_rdt"]).remove()
+    container.remove_dir()
+    log.debug(f"removed the remains of an unfinished create of container {container.id}")
 
 
 def _kill_all_and_wait(container: Container) -> None:

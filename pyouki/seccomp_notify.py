@@ -3,10 +3,11 @@
 The filter is loaded by the container's process (init, or the process of `exec`) with
 SECCOMP_FILTER_FLAG_NEW_LISTENER, which returns the listener fd. That process hands it at once to
 the runtime over a socketpair made before the fork (`Handover.send`: sendmsg with SCM_RIGHTS,
-then a `seccomp` message on the sync pipe; `write` and `sendmsg` may not be notified, see
-pyouki.seccomp), and the runtime, still on the host, connects to `linux.seccomp.listenerPath` and
-sends the container process state of runtime-spec config-linux.md: one JSON document with the fd
-in the same sendmsg (SCM_RIGHTS), one connection per state, closed after it.
+then a `seccomp` message of pyouki.channel on the sync pipe; `write` and `sendmsg` may not be
+notified, see pyouki.seccomp), and the runtime, still on the host, connects to
+`linux.seccomp.listenerPath` and sends the container process state of runtime-spec
+config-linux.md: one JSON document with the fd in the same sendmsg (SCM_RIGHTS), one connection
+per state, closed after it.
 
 Until the agent has the fd, a notified syscall of the container's process waits, so the runtime
 forwards it as soon as the message arrives, whatever else it is waiting for.
@@ -18,6 +19,7 @@ import json
 import os
 import socket
 
+from pyouki.channel import Channel
 from pyouki.errors import PyoukiError
 
 FD_NAME = "seccompFd"
@@ -30,6 +32,7 @@ class Handover:
         # both ends close-on-exec (Python's default): nothing of this reaches the container
         self.parent, self.child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.signal_fd = signal_fd  # the sync pipe's writing end, shared with the runtime's reader
+        self.signal = Channel(write_fd=signal_fd)  # one frame, one write(2): nothing else to notify
 
     def send(self, fd: int) -> None:
         """In the container's process, just after seccomp(2) returned fd: pass it to the runtime.
@@ -39,7 +42,7 @@ class Handover:
         """
         try:
             socket.send_fds(self.child, [FD_NAME.encode()], [fd])
-            os.write(self.signal_fd, b"seccomp\n")
+            self.signal.send("seccomp")
         except OSError as e:
             raise PyoukiError(f"linux.seccomp: failed to hand the listener fd to the runtime: "
                               f"{(e.strerror or str(e)).lower()} (the profile must allow sendmsg and write)") from None

@@ -1,9 +1,13 @@
 """Where containers live on disk and what state they are in.
 
 Each container has a private directory `<root>/<id>/` holding `state.bin` (its record),
-`exec.fifo` (present between create and start) and nothing else. The status is never stored:
-like crun, it is derived from facts each time (is the pid alive and the same process, is the fifo
-still there, is the cgroup frozen), so a crash can't leave it out of date.
+`config.bin`, `creating.bin` (what create made before the record existed) and `exec.fifo`
+(present between create and start). The status is never stored: like crun, it is derived from
+facts each time (is the pid alive and the same process, is init still waiting on the fifo, is the
+cgroup frozen), so a crash can't leave it out of date.
+
+A directory without a record is a create in progress (it holds the directory's lock) or one that
+was killed: `creating.bin` then names the cgroup and init it had made, for delete to remove.
 
 The record is written with `marshal` rather than JSON: every engine reads it on every
 start/kill/delete, and marshal costs nothing to import.
@@ -15,10 +19,11 @@ import marshal
 import os
 import time
 
-from pyouki.enginewords import NOT_EXIST
-from pyouki.errors import ContainerNotFound, PyoukiError
+from pyouki.enginewords import EXISTS, NOT_EXIST
+from pyouki.errors import ContainerExists, ContainerNotFound, PyoukiError, reason
 
 STATE_FILE = "state.bin"
+CREATING_FILE = "creating.bin"  # create's own facts (cgroup, init), written before the record
 CONFIG_FILE = "config.bin"  # the bundle's config as it was at create (exec needs it; the bundle may change)
 FIFO_FILE = "exec.fifo"
 MAX_ID_LENGTH = 1024
@@ -91,14 +96,10 @@ def ensure_root(root: str) -> str:
         os.makedirs(root, mode=0o700, exist_ok=True)
         st = os.stat(root)
     except OSError as e:
-        raise PyoukiError(f"failed to create state directory {root}: {_reason(e)}") from None
+        raise PyoukiError(f"failed to create state directory {root}: {reason(e)}") from None
     if st.st_uid != os.geteuid():
         raise PyoukiError(f"state directory {root} is owned by uid {st.st_uid}, not by the caller")
     return root
-
-
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
 
 
 def process_start_time(pid: int) -> int | None:
@@ -139,19 +140,37 @@ class Container:
                 self.record = marshal.load(f)
         except FileNotFoundError:
             raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
-        except (OSError, ValueError, EOFError) as e:
-            raise PyoukiError(f"failed to read state of container {self.id}: {e}") from None
+        except OSError as e:
+            raise PyoukiError(f"failed to read state of container {self.id}: {reason(e)}") from None
+        except (ValueError, EOFError, TypeError) as e:
+            raise PyoukiError(f"failed to read state of container {self.id}: damaged record ({e})") from None
         return self
 
     def save(self) -> None:
         """Write the record atomically (write a temp file, then rename)."""
-        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
+        self._write_atomic(STATE_FILE, self.record)
+
+    def save_creating(self, facts: dict) -> None:
+        """Record what create has made so far (cgroup, init's pid), for a delete after a killed create."""
+        self._write_atomic(CREATING_FILE, facts)
+
+    def creating_facts(self) -> dict:
+        """What save_creating wrote; {} when nothing (or nothing readable) was."""
+        try:
+            with open(os.path.join(self.dir, CREATING_FILE), "rb") as f:
+                facts = marshal.load(f)
+        except (OSError, ValueError, EOFError, TypeError):
+            return {}
+        return facts if isinstance(facts, dict) else {}
+
+    def _write_atomic(self, name: str, value: dict) -> None:
+        tmp = os.path.join(self.dir, name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, marshal.dumps(self.record, 4))
+            os.write(fd, marshal.dumps(value, 4))
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(self.dir, STATE_FILE))
+        os.rename(tmp, os.path.join(self.dir, name))
 
     def save_config(self, config: dict) -> None:
         """Keep the config as created, for exec (marshal: cheap, and not read on hot paths)."""
@@ -182,15 +201,101 @@ class Container:
 
     # -- locking --------------------------------------------------------------------------
     def lock(self) -> Container:
-        """Serialize commands on this id: an exclusive flock on the container's directory."""
+        """Serialize commands on this id: an exclusive flock on the container's directory.
+
+        Once locked, the directory must still be the one at the path (a command holding the
+        lock may have removed it, and a create made a new one with the same id): the lock is
+        worthless otherwise, and acting on the path would touch another container. A record
+        read before the lock is read again, as it may have changed while we waited.
+        """
+        self._lock(blocking=True)
+        if self.record:
+            try:
+                self.load()
+            except BaseException:
+                self.unlock()
+                raise
+        return self
+
+    def _lock(self, blocking: bool) -> bool:
+        # the errors carry runc's wording, which engines match ("container does not exist")
         import fcntl
 
         try:
-            self._lock_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except OSError as e:
+            raise PyoukiError(f"failed to open the state of container {self.id}: {reason(e)}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            held = os.fstat(fd)
+            try:
+                now = os.stat(self.dir)
+            except FileNotFoundError:
+                now = None
+            if held.st_nlink == 0 or now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                raise ContainerNotFound(f"{self.id}: {NOT_EXIST}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+        return True
+
+    def make_dir(self) -> Container:
+        """Create the container's directory and lock it (create's first step).
+
+        Under a shared lock on the state root, so that delete, which takes it exclusively before
+        it removes a directory without a record, never mistakes this one (made, not yet locked)
+        for the remains of a killed create.
+        """
+        import fcntl
+
+        try:
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PyoukiError(f"failed to open state directory {self.root}: {reason(e)}") from None
+        try:
+            fcntl.flock(root_fd, fcntl.LOCK_SH)
+            try:
+                os.mkdir(self.dir, 0o700)
+            except FileExistsError:
+                raise ContainerExists(f"{self.id}: {EXISTS}") from None
+            except OSError as e:
+                raise PyoukiError(f"failed to create {self.dir}: {reason(e)}") from None
+            self._lock(blocking=True)
+        finally:
+            os.close(root_fd)  # releases the root's lock
         return self
+
+    def lock_unrecorded(self) -> None:
+        """Lock a directory that has no record, for its removal: only while no create holds it
+        (a create in progress has it locked, or holds the root's shared lock until it has).
+
+        Returns with the lock held; the record may exist by then (the create finished).
+        """
+        import fcntl
+
+        while True:
+            try:
+                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                raise PyoukiError(f"failed to open state directory {self.root}: {reason(e)}") from None
+            try:
+                fcntl.flock(root_fd, fcntl.LOCK_EX)
+                if self._lock(blocking=False):
+                    return
+            finally:
+                os.close(root_fd)
+            # held: by a create still at work (or another command); wait for it without the root's lock
+            self._lock(blocking=True)
+            if self.exists():
+                return
+            self.unlock()
 
     @property
     def lock_fd(self) -> int:
@@ -215,9 +320,26 @@ class Container:
             return "stopped"
         if self.record.get("cgroup") and _cgroup_frozen(self.record):
             return "paused"  # even a created container, like runc
-        if os.path.exists(self.fifo_path):
+        if self.waiting_for_start():
             return "created"
         return "running"
+
+    def waiting_for_start(self) -> bool:
+        """True while init waits on exec.fifo for `start`.
+
+        The fifo's presence is not enough: `start` writes to it, then removes it, and a start
+        killed in between leaves it behind with init gone on to run the process. Init holds the
+        fifo open until it has read start's byte, so a writer can open it only while init waits
+        (ENXIO once nobody reads it); opening it writes nothing and disturbs nothing.
+        """
+        try:
+            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            return e.errno != 6  # ENXIO: nobody waits; anything else (EACCES): trust its presence
+        os.close(fd)
+        return True
 
     def oci_state(self) -> dict:
         """The state object of the OCI runtime spec (runtime.md, State), its keys in the order
@@ -241,11 +363,16 @@ class Container:
         return state
 
     def remove_dir(self) -> None:
-        """Remove the container's directory and everything in it."""
+        """Remove the container's directory and everything in it.
+
+        The record goes first and creating.bin last: a delete killed half-way leaves a directory
+        that reads as a killed create, whose cgroup the next delete still finds.
+        """
         try:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return
+        names.sort(key=lambda n: (n != STATE_FILE, n == CREATING_FILE))
         for name in names:
             path = os.path.join(self.dir, name)
             try:
@@ -278,4 +405,6 @@ def list_ids(root: str) -> list[str]:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
+    except OSError as e:
+        raise PyoukiError(f"failed to read state directory {root}: {reason(e)}") from None
     return sorted(n for n in names if os.path.exists(os.path.join(root, n, STATE_FILE)))

@@ -599,6 +599,47 @@ def mounts_under(prefixes: Iterable[str | Path]) -> list[str]:
     return found
 
 
+def cgroup_leftovers(names: list[str]) -> list[str]:
+    """Cgroup directories (three levels deep in every hierarchy, and under our own cgroup) whose
+    name carries one of names (a container id: where a killed runtime would have left its cgroup)."""
+    found = []
+    roots = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        fstype = line.partition(" - ")[2].split()[0]
+        if fstype in ("cgroup", "cgroup2"):
+            roots.append(fields[4])
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrl, path = line.split(":", 2)
+        own[ctrl] = path
+    for root in roots:
+        tops = [Path(root)]
+        for path in own.values():
+            candidate = Path(root + path)
+            if path != "/" and candidate.is_dir():
+                tops.append(candidate)
+        for top in tops:
+            found.extend(_dirs_named(str(top), names, 3))
+    return sorted(set(found))
+
+
+def _dirs_named(top: str, names: list[str], depth: int) -> list[str]:
+    """Directories below top (depth levels) whose name carries one of names; other tests'
+    cgroups come and go meanwhile: a directory that vanishes is skipped."""
+    found = []
+    try:
+        entries = [e for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    for e in entries:
+        if any(n in e.name for n in names):
+            found.append(e.path)
+        if depth > 1:
+            found.extend(_dirs_named(e.path, names, depth - 1))
+    return found
+
+
 def mountinfo_lines() -> set[str]:
     """The host's mountinfo as a set of "mountpoint fstype source" strings."""
     out = set()

@@ -108,6 +108,20 @@ def test_exec_in_stopped_container_exits_255(runner: Runner, bundle: Bundle) -> 
     runner.delete(cid).ok()
 
 
+def test_an_unforeseen_exec_error_still_exits_255(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Not only pyouki's own errors: an exception exec did not foresee is still runc's failed exec
+    (255, `exec failed:`), not the CLI's last resort (status 1), or engines take it for the command's."""
+    from pyouki.cli import handlers
+
+    def broken(*_: object) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(handlers, "_exec", broken)
+    assert handlers.cmd_exec({}, {}, {}) == EXEC_FAILED
+    assert capsys.readouterr().err == "pyouki: exec failed: input/output error\n"
+
+
 def test_pause_and_update_of_stopped_container_say_not_running(runner: Runner, bundle: Bundle) -> None:
     cid = stopped(runner, bundle)
     for args in (("pause", cid), ("update", "--pids-limit", "10", cid)):

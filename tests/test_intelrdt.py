@@ -120,6 +120,25 @@ def test_find_mount_reads_the_fstype(tmp_path: Path) -> None:
     assert find_mount(str(info)) is None
 
 
+def test_delete_of_a_killed_create_removes_its_resctrl_group(tmp_path: Path) -> None:
+    """A create killed after it made the group leaves only creating.bin to say so: delete of the
+    unrecorded directory removes the group with the rest (it would stay for good otherwise)."""
+    from pyouki.lifecycle import delete
+    from pyouki.state import Container
+
+    resctrl, root = tmp_path / "resctrl", tmp_path / "state"
+    resctrl.mkdir()
+    root.mkdir(mode=0o700)
+    rdt = Rdt.apply(str(resctrl), {"l3CacheSchema": "L3:0=f"}, "ctr1")
+    (resctrl / "ctr1" / "schemata").unlink()  # kernfs files vanish with the directory; a test dir's do not
+    container = Container(str(root), "ctr1").make_dir()
+    container.save_creating({"cgroup": None, "intel_rdt": rdt.to_state()})
+    container.unlock()
+    delete(str(root), "ctr1", force=True)
+    assert not (resctrl / "ctr1").exists()
+    assert not (root / "ctr1").exists()
+
+
 # --- real containers: this machine has no resctrl ---------------------------------------------
 
 

@@ -115,16 +115,15 @@ def cmd_spec(globals_: dict, options: dict, args: dict) -> int:
 
 
 def cmd_exec(globals_: dict, options: dict, args: dict) -> int:
-    from pyouki.errors import PyoukiError
-
     try:
         return _exec(globals_, options, args)
-    except PyoukiError as e:
+    except Exception as e:  # noqa: BLE001 - PyoukiError, and the last resort (still exec's failure)
         # runc's contract: a failed exec exits 255 with "exec failed: ...", so the runtime's own
         # failure is told apart from the command's exit status (engines pass that one on)
         from pyouki.cli.main import fail
+        from pyouki.errors import describe
 
-        return fail(f"exec failed: {e}", 255)
+        return fail(f"exec failed: {describe(e)}", 255, error=e, debug=bool(globals_.get("debug")))
 
 
 def _exec(globals_: dict, options: dict, args: dict) -> int:

@@ -1,7 +1,9 @@
 """The `pyouki` command: parse argv (fast path or click), run one library call, report errors.
 
 Errors become one line on stderr (`pyouki: MESSAGE`) and, with --log, a log entry in the chosen
-format, then exit status 1 (255 for a failed exec, as with runc).
+format, then exit status 1 (255 for a failed exec, as with runc). That holds for every exception,
+not only pyouki's own: a bug or an unforeseen OSError is still one line (no traceback reaches an
+engine parsing our stderr); --debug adds the chain of causes with their tracebacks after it.
 """
 
 from __future__ import annotations
@@ -11,20 +13,25 @@ import sys
 
 from pyouki import log
 from pyouki.cli.table import Cmd
-from pyouki.errors import PyoukiError
+from pyouki.errors import describe
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = sys.argv[1:] if argv is None else argv
-    from pyouki.cli.fastparse import parse
+    try:
+        from pyouki.cli.fastparse import parse
 
-    parsed = parse(argv)
-    if parsed is None:
-        from pyouki.cli.clickapp import main as click_main
+        parsed = parse(argv)
+        if parsed is None:
+            from pyouki.cli.clickapp import main as click_main
 
-        return click_main(argv, dispatch)
-    return dispatch(parsed.command, parsed.globals, parsed.options, parsed.args)
+            return click_main(argv, dispatch)
+        return dispatch(parsed.command, parsed.globals, parsed.options, parsed.args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last resort: outside dispatch (parsing, click)
+        return fail(describe(e), error=e, debug="--debug" in argv)
 
 
 def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
@@ -35,21 +42,46 @@ def dispatch(command: Cmd, globals_: dict, options: dict, args: dict) -> int:
         from pyouki.cli import handlers
 
         return int(getattr(handlers, "cmd_" + command.name)(globals_, options, args) or 0)
-    except PyoukiError as e:
-        return fail(str(e))
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - PyoukiError, and the last resort for anything else
+        return fail(describe(e), error=e, debug=bool(globals_.get("debug")))
 
 
-def fail(message: str, status: int = 1) -> int:
-    """Report message as pyouki's one-line error; return the exit status (1 unless given)."""
+def fail(message: str, status: int = 1, error: BaseException | None = None, debug: bool = False) -> int:
+    """Report message as pyouki's one-line error (with debug, error's chain after it); return
+    the exit status (1 unless given)."""
+    message = " ".join(message.split())  # one line, whatever the message holds
     log.error(message)
+    lines = [f"pyouki: {message}\n"]
+    if debug and error is not None:
+        chain = _chain(error)
+        if not log.on_stderr():  # to the --log file; without one, the lines below are the debug output
+            log.debug(" | ".join(line.rstrip() for line in chain))
+        lines += [f"pyouki: debug: {line}\n" for text in chain for line in text.rstrip("\n").split("\n")]
     try:
-        sys.stderr.write(f"pyouki: {message}\n")
+        sys.stderr.write("".join(lines))
         sys.stderr.flush()
-    except OSError:
+    except (OSError, ValueError):
         pass
     return status
+
+
+def _chain(error: BaseException) -> list[str]:
+    """error and every exception it was raised from or while handling, each with its traceback
+    (the causes `raise ... from None` hides from Python's own report, too)."""
+    import traceback
+
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        head = "caused by: " if texts else ""
+        texts.append(head + "".join(traceback.format_exception(type(current), current, current.__traceback__,
+                                                                chain=False)))
+        current = current.__cause__ or current.__context__
+    return texts
 
 
 if __name__ == "__main__":

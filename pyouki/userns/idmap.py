@@ -46,7 +46,7 @@ def _run_helper(name: str, pid: int, mappings: list[dict], field: str) -> None:
     result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         out = result.stdout.decode(errors="replace").strip().splitlines()
-        detail = out[-1] if out else f"exit status {result.returncode}"
+        detail = out[-1].rstrip(".") if out else f"exit status {result.returncode}"  # a line of ours: no period
         raise PyoukiError(f"{field}: {name} failed: {detail}")
 
 
