@@ -83,7 +83,8 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
     }
     caps = {k: list(v) for k, v in (base.get("capabilities") or {}).items()}
     for cap in opts.caps:
-        for key in ("bounding", "effective", "permitted", "ambient", "inheritable"):
+        # as runc's exec --cap: not inheritable nor ambient, which would pass X on across execve
+        for key in ("bounding", "effective", "permitted"):
             caps.setdefault(key, [])
             if cap not in caps[key]:
                 caps[key].append(cap)
@@ -344,10 +345,10 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
             keep.append(seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
         init.close_fds(3 + preserve_fds, keep)
         user = process.get("user") or {}
+        os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
         if console_child is not None:
             from pyouki import console
 
-            os.setsid()
             console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)),
                                        int(user.get("gid", 0)))
         exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds)
