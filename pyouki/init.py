@@ -355,22 +355,32 @@ def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter |
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: the last moment is before
         # dropping capabilities; what follows must be allowed by the profile (as with runc)
         seccomp.load()
+    # entered as root first, as runc: a cwd only root can enter works; one only the user can
+    # enter (a volume chowned to it, root_squash) is entered again after the switch
+    entered = enter_cwd(process.get("cwd") or "/", retry_later=True)
     drop_privileges(caps, process.get("user") or {}, setgroups_allowed)
     env = environment(process.get("env") or [])
     if "HOME" not in env:
         env["HOME"] = home_of(os.getuid())  # runc fills it from the container's /etc/passwd
-    enter_cwd(process.get("cwd") or "/")
+    if not entered:
+        enter_cwd(process.get("cwd") or "/")
     exe = resolve_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     return exe, env
 
 
-def enter_cwd(cwd: str) -> None:
+def enter_cwd(cwd: str, retry_later: bool = False) -> bool:
     """chdir to process.cwd, which must lead somewhere inside the container's root: getcwd fails
-    for a directory outside it (reached through a magic link such as /proc/self/fd/N)."""
+    for a directory outside it (reached through a magic link such as /proc/self/fd/N).
+
+    With retry_later, a permission error returns False (the caller tries again as the user)."""
     try:
         os.chdir(cwd)
+    except PermissionError:
+        if retry_later:
+            return False
+        raise PyoukiError(f"process.cwd: failed to change to {cwd}: permission denied") from None
     except OSError as e:
         raise PyoukiError(f"process.cwd: failed to change to {cwd}: {_reason(e)}") from None
     try:
@@ -379,6 +389,7 @@ def enter_cwd(cwd: str) -> None:
         inside = False
     if not inside:
         raise PyoukiError(f"process.cwd: {cwd} is outside the container's root filesystem")
+    return True
 
 
 def exec_program(process: dict, exe: str, env: dict[str, str], seccomp: SeccompFilter | None,
