@@ -185,8 +185,6 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     _optional(config, "hostname", str, "")
     _optional(config, "domainname", str, "")
     nss = namespaces(config)
-    if "mount" not in nss:
-        raise ConfigError("linux.namespaces", "a mount namespace is required")
     if (config.get("hostname") or config.get("domainname")) and "uts" not in nss:
         raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
     linux = _optional(config, "linux", dict, "", {})
@@ -221,6 +219,8 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     if prop is not None and prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared",
                                          "unbindable", "runbindable", ""):
         raise ConfigError("linux.rootfsPropagation", f"unknown propagation {prop!r}")
+    if "mount" not in nss:
+        _without_mount_namespace(config, linux)
     if config.get("hooks") is not None:
         from pyouki.hooks import validate as validate_hooks
 
@@ -234,6 +234,20 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
 
     lsm.check(process, linux)
     return rootfs
+
+
+def _without_mount_namespace(config: dict, linux: dict) -> None:
+    """A container without a mount namespace inherits the runtime's (the spec's MUST): the rootfs
+    becomes a chroot and nothing is mounted, so what needs a mount of its own is refused rather than
+    done on the host's mount table (runc refuses masked and read-only paths so, and mounts on it)."""
+    why = "needs a mount namespace, and linux.namespaces has none: it would change the host's mounts"
+    if config.get("mounts"):
+        raise ConfigError("mounts", why)
+    for key in ("maskedPaths", "readonlyPaths", "devices", "rootfsPropagation", "mountLabel"):
+        if linux.get(key):
+            raise ConfigError(f"linux.{key}", why)
+    if (config.get("root") or {}).get("readonly"):
+        raise ConfigError("root.readonly", why)
 
 
 # The ipc namespace's sysctls (ipc/ipc_sysctl.c), besides the fs.mqueue.* tree (ipc/mq_sysctl.c).

@@ -166,6 +166,9 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
                     continue  # already there (a container without its own user namespace)
                 ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), flags[kind]))
+        if "mount" not in kinds:
+            # the host's mount table is shared: the container's root is init's chroot, entered last
+            ns_fds.append(("root", os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0))
     except OSError as e:
         for _, fd, _ in ns_fds:
             os.close(fd)
@@ -310,6 +313,11 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
         down.close()
         allowed = True
         for kind, fd, flag in ns_fds:
+            if kind == "root":
+                os.fchdir(fd)
+                os.chroot(".")
+                os.close(fd)
+                continue
             try:
                 sc.setns(fd, flag)
             except OSError as e:

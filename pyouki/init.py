@@ -301,10 +301,16 @@ def _hook_state(plan: Plan, status: str, pid: int) -> dict:
 def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str, dict[str, str]]:
     config, process, linux = plan.config, plan.process, plan.linux
     in_userns = plan.rootless or "user" in plan.namespaces
-    rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
-    os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
-    specs = fs.do_mounts(config, rootfd, plan.rootless, plan.cgroups)
-    fs.create_devices(config, rootfd, specs, in_userns)
+    # without a mount namespace of its own the container shares the host's mount table: nothing is
+    # mounted (config.validate refuses the fields that would need it) and the rootfs is a chroot
+    own_mounts = "mount" in plan.namespaces
+    if own_mounts:
+        rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
+        os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
+        specs = fs.do_mounts(config, rootfd, plan.rootless, plan.cgroups)
+        fs.create_devices(config, rootfd, specs, in_userns)
+    else:
+        rootfd = fs.open_rootfs(plan.rootfs)
     if plan.hook_sync:
         # the parent runs prestart and createRuntime hooks now, in the runtime's namespaces
         up.send("hooks")
@@ -321,7 +327,11 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
     if plan.seccomp is not None and plan.seccomp.handover is not None:
         keep.append(plan.seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
     close_fds(3 + plan.preserve_fds, keep)
-    fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+    if own_mounts:
+        fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+    else:
+        fs.write_sysctls(linux.get("sysctl") or {})  # through the host's /proc: the rootfs may have none
+        fs.chroot(rootfd, plan.rootfs)
     os.close(rootfd)
     # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
     fs.make_cwd(process.get("cwd") or "/")
@@ -330,7 +340,8 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
         _set_name(sc.sethostname, config["hostname"], "hostname")
     if config.get("domainname"):
         _set_name(sc.setdomainname, config["domainname"], "domainname")
-    fs.write_sysctls(linux.get("sysctl") or {})
+    if own_mounts:
+        fs.write_sysctls(linux.get("sysctl") or {})
     fs.readonly_paths(linux.get("readonlyPaths") or [])
     fs.mask_paths(linux.get("maskedPaths") or [])
     if (config.get("root") or {}).get("readonly"):
