@@ -233,12 +233,17 @@ def _write_time_offsets(offsets: dict) -> None:
         off = offsets.get(clock)
         if off:
             lines.append(f"{name} {int(off.get('secs', 0))} {int(off.get('nanosecs', 0))}\n")
+    # a non-dumpable process's /proc/self files belong to the host's root, whom a new user namespace
+    # does not map (rootless: EACCES): dumpable for the write only, while no container process exists
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
     try:
         for line in lines:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write(line)
     except OSError as e:
         raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {_reason(e)}") from None
+    finally:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
 
 def container_init(plan: Plan, up: Channel, down: Channel) -> None:
