@@ -15,6 +15,13 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from typing import Any
 
+# the config's platform sections (config.md "Platform-specific configuration") besides linux
+OTHER_PLATFORMS = ("windows", "solaris", "vm", "zos", "freebsd")
+# process fields that are refused rather than ignored
+UNSUPPORTED_PROCESS_FIELDS = {
+    "commandLine": "windows only: on linux the command is process.args",
+    "execCPUAffinity": "not supported by pyouki (runtime-spec 1.2 cpu affinity)",
+}
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
@@ -126,7 +133,16 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
     _optional(root, "readonly", bool, "root")
 
+    for platform in OTHER_PLATFORMS:
+        if platform in config:
+            raise ConfigError(platform, f"a {platform} container's settings: pyouki runs linux containers")
+
     process = _expect(config.get("process"), dict, "process")
+    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
+        if key in process:
+            raise ConfigError(f"process.{key}", why)
+    if "username" in _optional(process, "user", dict, "process", {}):
+        raise ConfigError("process.user.username", "windows only: on linux the user is process.user.uid")
     args = _expect(process.get("args"), list, "process.args")
     if not args:
         raise ConfigError("process.args", "must not be empty")
