@@ -238,7 +238,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
            cgroup: CgroupManager | None, netdevs: NetDevices | None = None) -> tuple[int, int]:
     """Fork the intermediate process and drive the set-up; return init's pid once it is ready, and
     the terminal's master fd (-1 without a terminal)."""
-    from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
+    from pyouki import bindsources, idmapmount, init  # everything init needs, before the fork (none after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
                      opts.id, not opts.no_new_keyring)
@@ -260,6 +260,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         console_parent, plan.console_sock = console.socketpair()
     if any(isinstance(m, dict) and idmapmount.wanted(m) for m in config.get("mounts") or []):
         idmapmount.prepare(config, bundle)  # as the runtime: init, in its user namespace, cannot
+    if plan.new_userns and os.geteuid() == 0 and "mount" in plan.namespaces:
+        bindsources.prepare(config, bundle)  # sources only the host's root reaches, as runc
     up, down_w, down_r, up_w = pipe_pair()
     handover = None
     if plan.seccomp is not None and plan.seccomp.notify:
@@ -280,6 +282,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
     up_w.close()
     down_r.close()
     idmapmount.close_all()  # init has its own copies
+    bindsources.close_all()
     if handover is not None:
         handover.close_child_end()
     if plan.console_sock is not None:
