@@ -20,7 +20,6 @@ OTHER_PLATFORMS = ("windows", "solaris", "vm", "zos", "freebsd")
 # process fields that are refused rather than ignored
 UNSUPPORTED_PROCESS_FIELDS = {
     "commandLine": "windows only: on linux the command is process.args",
-    "execCPUAffinity": "not supported by pyouki (runtime-spec 1.2 cpu affinity)",
 }
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
@@ -143,6 +142,12 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
             raise ConfigError(f"process.{key}", why)
     if "username" in _optional(process, "user", dict, "process", {}):
         raise ConfigError("process.user.username", "windows only: on linux the user is process.user.uid")
+    if "execCPUAffinity" in process:
+        # not applicable to init (config.md): checked here, applied by exec to the processes it runs
+        from pyouki.exec import cpu_affinity
+
+        for key in ("initial", "final"):
+            cpu_affinity(process, key)
     args = _expect(process.get("args"), list, "process.args")
     if not args:
         raise ConfigError("process.args", "must not be empty")

@@ -134,7 +134,41 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     return _spawn(container, config, process, opts)
 
 
+def cpu_affinity(process: dict, key: str) -> list[int]:
+    """process.execCPUAffinity.<key> ("0-3,7") as CPU numbers; [] when absent or empty."""
+    affinity = process.get("execCPUAffinity") or {}
+    field = f"process.execCPUAffinity.{key}"
+    if not isinstance(affinity, dict):
+        raise PyoukiError("process.execCPUAffinity: must be an object")
+    text = affinity.get(key) or ""
+    if not isinstance(text, str):
+        raise PyoukiError(f"{field}: must be a string such as \"0-3,7\"")
+    from pyouki.cgroups.common import parse_cpu_list
+
+    try:
+        return parse_cpu_list(text)
+    except ValueError as e:
+        raise PyoukiError(f"{field}: {e}") from None
+
+
+def set_affinity(cpus: list[int], field: str) -> None:
+    """sched_setaffinity of this process, the error naming the field (a CPU that does not exist)."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {(e.strerror or str(e)).lower()}") from None
+
+
 def _check_process(process: dict) -> None:
+    from pyouki.config import UNSUPPORTED_PROCESS_FIELDS
+
+    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
+        if key in process:
+            raise PyoukiError(f"process.{key}: {why}")
+    if "username" in (process.get("user") or {}):
+        raise PyoukiError("process.user.username: windows only: on linux the user is process.user.uid")
+    for key in ("initial", "final"):
+        cpu_affinity(process, key)
     args = process.get("args")
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
         raise PyoukiError("process.args: must be a non-empty array of strings")
@@ -203,6 +237,11 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         from pyouki.seccomp_notify import Handover
 
         handover = seccomp.handover = Handover(up_w.write_fd)
+    initial, saved = cpu_affinity(process, "initial"), None
+    if initial:
+        # the intermediate is born on these CPUs, before it moves into the container's cgroup
+        saved = os.sched_getaffinity(0)
+        set_affinity(initial, "process.execCPUAffinity.initial")
     pid = os.fork()
     if pid == 0:
         up.close()
@@ -212,6 +251,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
         _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + init.listen_fds(),
                       down_r, up_w)
+    if saved is not None:
+        os.sched_setaffinity(0, saved)
     up_w.close()
     down_r.close()
     for _, fd, _ in ns_fds:
@@ -352,6 +393,9 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
         if seccomp is not None and seccomp.handover is not None:
             keep.append(seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
         init.close_fds(3 + preserve_fds, keep)
+        final = cpu_affinity(process, "final")
+        if final:  # in the container's cgroup now (a cpuset there reset what initial set)
+            set_affinity(final, "process.execCPUAffinity.final")
         user = process.get("user") or {}
         os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
         if console_child is not None:

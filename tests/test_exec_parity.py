@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from harness import Bundle, Runner
+import json
+import os
+from collections.abc import Callable
+
+import pytest
+from harness import Bundle, Result, Runner, RuntimeInfo, assert_failed_cleanly
 
 CAP_SYS_ADMIN = 21
 
@@ -32,4 +37,31 @@ def test_exec_cap_adds_to_bounding_effective_permitted_only(runner: Runner, bund
         assert sets[name] & bit, f"{name} lacks CAP_SYS_ADMIN: {r.stdout}"
     for name in ("CapInh", "CapAmb"):
         assert not sets[name] & bit, f"{name} has CAP_SYS_ADMIN, runc leaves it out: {r.stdout}"
+    runner.delete(cid, "--force").ok()
+
+
+def _exec_process_file(runner: Runner, cid: str, affinity: dict) -> Result:
+    process = {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": "/", "env": ["PATH=/bin"],
+               "args": ["grep", "Cpus_allowed_list", "/proc/self/status"], "execCPUAffinity": affinity}
+    path = runner.workdir / "process.json"
+    path.write_text(json.dumps(process))
+    os.chmod(path, 0o644)
+    return runner.cmd("exec", "--process", str(path), cid)
+
+
+def test_exec_cpu_affinity(runtime: RuntimeInfo, runner: Runner, bundle: Bundle,
+                           xfail_runc: Callable[[str], None]) -> None:
+    """process.execCPUAffinity (runtime-spec 1.2): final is the exec'd process's affinity, set in the
+    container's cgroup; initial, the runtime's process before it moves there."""
+    xfail_runc("1.1.5 predates execCPUAffinity and ignores it")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    last = max(os.sched_getaffinity(0))
+    cid = _running(runner, bundle)
+    r = _exec_process_file(runner, cid, {"initial": "0", "final": str(last)}).ok()
+    assert r.stdout.split() == ["Cpus_allowed_list:", str(last)], r
+    r = _exec_process_file(runner, cid, {"final": "4096"})
+    assert_failed_cleanly(runtime, r, "process.execCPUAffinity.final")
+    r = _exec_process_file(runner, cid, {"initial": "0-x"})
+    assert_failed_cleanly(runtime, r, "process.execCPUAffinity.initial")
     runner.delete(cid, "--force").ok()

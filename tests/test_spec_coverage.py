@@ -117,6 +117,9 @@ APPLIED: dict[str, str] = {
     "process.scheduler.runtime": "test_procattrs.py::test_scheduler_deadline_and_start_hooks",
     "process.scheduler.deadline": "test_procattrs.py::test_scheduler_deadline_and_start_hooks",
     "process.scheduler.period": "test_procattrs.py::test_scheduler_deadline",
+    "process.execCPUAffinity": "test_exec_parity.py::test_exec_cpu_affinity",  # exec's, not init's (config.md)
+    "process.execCPUAffinity.initial": "test_exec_parity.py::test_exec_cpu_affinity",
+    "process.execCPUAffinity.final": "test_exec_parity.py::test_exec_cpu_affinity",
     "process.rlimits": "test_config_features.py::test_rlimits",
     "process.rlimits[].hard": "test_config_features.py::test_rlimits",
     "process.rlimits[].soft": "test_config_features.py::test_rlimits",
@@ -255,9 +258,6 @@ OTHER_PLATFORMS = ("freebsd", "solaris", "vm", "windows", "zos")
 REFUSED: dict[str, str] = {
     "process.commandLine": "process.commandLine",
     "process.user.username": "process.user.username",
-    "process.execCPUAffinity": "process.execCPUAffinity",
-    "process.execCPUAffinity.initial": "process.execCPUAffinity",
-    "process.execCPUAffinity.final": "process.execCPUAffinity",
 }
 
 # harness calls that set a property without spelling its name
