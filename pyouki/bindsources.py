@@ -8,8 +8,8 @@ only kind that can cross into init's new mount namespace, an O_PATH fd cannot) a
 onto the destination it opened inside the rootfs (`mounts.mount_one`), as with idmapped mounts:
 no container path is ever resolved on the host.
 
-The clone of a shared host mount would be a peer of it; it is made a slave (private with a
-private rootfsPropagation) before the fork, as a bind in init's rslave copy of the host would be.
+The clone of a shared host mount would be a peer of it; it is made a slave before the fork
+(`idmapmount.clone_propagation`), as a bind in init's rslave copy of the host would be.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ PREPARED: dict[str, tuple[int, bool]] = {}
 
 def prepare(config: dict, bundle: str) -> None:
     """Clone the source mount of every plain bind mount of config (idmapped ones are idmapmount's)."""
-    linux = config.get("linux") or {}
-    private = (linux.get("rootfsPropagation") or "rslave") in ("private", "rprivate")
-    propagation = sc.MS_PRIVATE if private else sc.MS_SLAVE
+    propagation = idmapmount.clone_propagation(config)
     try:
         for i, entry in enumerate(config.get("mounts") or []):
             options = entry.get("options") or []

@@ -75,3 +75,26 @@ def test_bind_source_only_host_root_can_reach(runner: Runner, bundle: Bundle, wo
     # a slave of the host's mount, never its peer: nothing mounted under it reaches the host
     optional = lines[2].split(" - ")[0].split()[6:]
     assert not any(o.startswith("shared:") for o in optional), lines[2]
+
+
+def test_idmapped_bind_of_a_shared_source_is_not_its_peer(runner: Runner, bundle: Bundle, workdir: Path) -> None:
+    """The detached clone behind an idmapped mount is made a slave too: as a peer of a shared host
+    mount, what the container mounts under it would appear on the host."""
+    if runner.rootless:
+        pytest.skip("idmapped mounts of host directories need root")
+    src = workdir / "shared-src"
+    src.mkdir()
+    os.chmod(src, 0o755)
+    i = bundle.add_mount("/data", "bind", str(src), ["rbind", "idmap"])
+    maps = [{"containerID": 0, "hostID": 0, "size": 65536}]
+    bundle.config["mounts"][i]["uidMappings"] = maps
+    bundle.config["mounts"][i]["gidMappings"] = maps
+    bundle.sh("grep ' /data ' /proc/self/mountinfo")
+    subprocess.run(["mount", "--bind", str(src), str(src)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(src)], check=True)
+        r = runner.run(runner.new_id(), bundle)
+    finally:
+        subprocess.run(["umount", "-l", str(src)], check=True)
+    optional = r.ok().stdout.split(" - ")[0].split()[6:]
+    assert not any(o.startswith("shared:") for o in optional), r.stdout
