@@ -19,6 +19,12 @@ MAX_ID = 2**32 - 2  # uid_t and gid_t; (uid_t)-1 means "no change" to the kernel
 # linux.resources: the type of each member (runtime-spec config-linux.json)
 RESOURCE_KINDS = {"devices": list, "memory": dict, "cpu": dict, "pids": dict, "blockIO": dict,
                   "hugepageLimits": list, "network": dict, "rdma": dict, "unified": dict}
+# the config's platform sections (config.md "Platform-specific configuration") besides linux
+OTHER_PLATFORMS = ("windows", "solaris", "vm", "zos", "freebsd")
+# process fields that are refused rather than ignored
+UNSUPPORTED_PROCESS_FIELDS = {
+    "commandLine": "windows only: on linux the command is process.args",
+}
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 
 
@@ -162,7 +168,22 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
     _optional(root, "readonly", bool, "root")
 
+    for platform in OTHER_PLATFORMS:
+        if platform in config:
+            raise ConfigError(platform, f"a {platform} container's settings: pyouki runs linux containers")
+
     process = _expect(config.get("process"), dict, "process")
+    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
+        if key in process:
+            raise ConfigError(f"process.{key}", why)
+    if "username" in _optional(process, "user", dict, "process", {}):
+        raise ConfigError("process.user.username", "windows only: on linux the user is process.user.uid")
+    if "execCPUAffinity" in process:
+        # not applicable to init (config.md): checked here, applied by exec to the processes it runs
+        from pyouki.exec import cpu_affinity
+
+        for key in ("initial", "final"):
+            cpu_affinity(process, key)
     args = _expect(process.get("args"), list, "process.args")
     if not args:
         raise ConfigError("process.args", "must not be empty")
@@ -225,8 +246,6 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     _optional(config, "hostname", str, "")
     _optional(config, "domainname", str, "")
     nss = namespaces(config)
-    if "mount" not in nss:
-        raise ConfigError("linux.namespaces", "a mount namespace is required")
     if (config.get("hostname") or config.get("domainname")) and "uts" not in nss:
         raise ConfigError("hostname", "setting the hostname needs a new uts namespace")
     linux = _optional(config, "linux", dict, "", {})
@@ -268,6 +287,8 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     if prop is not None and prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared",
                                          "unbindable", "runbindable", ""):
         raise ConfigError("linux.rootfsPropagation", f"unknown propagation {prop!r}")
+    if "mount" not in nss:
+        _without_mount_namespace(config, linux)
     if config.get("hooks") is not None:
         from pyouki.hooks import validate as validate_hooks
 
@@ -281,6 +302,20 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
 
     lsm.check(process, linux)
     return rootfs
+
+
+def _without_mount_namespace(config: dict, linux: dict) -> None:
+    """A container without a mount namespace inherits the runtime's (the spec's MUST): the rootfs
+    becomes a chroot and nothing is mounted, so what needs a mount of its own is refused rather than
+    done on the host's mount table (runc refuses masked and read-only paths so, and mounts on it)."""
+    why = "needs a mount namespace, and linux.namespaces has none: it would change the host's mounts"
+    if config.get("mounts"):
+        raise ConfigError("mounts", why)
+    for key in ("maskedPaths", "readonlyPaths", "devices", "rootfsPropagation", "mountLabel"):
+        if linux.get(key):
+            raise ConfigError(f"linux.{key}", why)
+    if (config.get("root") or {}).get("readonly"):
+        raise ConfigError("root.readonly", why)
 
 
 # The ipc namespace's sysctls (ipc/ipc_sysctl.c), besides the fs.mqueue.* tree (ipc/mq_sysctl.c).

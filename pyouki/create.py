@@ -331,7 +331,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
            cgroup: CgroupManager | None, rdt: Rdt | None = None, netdevs: NetDevices | None = None) -> _Spawned:
     """Fork the intermediate process and drive the set-up until init is ready; the caller then
     records the container and releases init (or kills it)."""
-    from pyouki import idmapmount, init  # imports everything init needs before the fork (nothing after pivot_root)
+    from pyouki import bindsources, idmapmount, init  # all init needs, before the fork (none after pivot_root)
 
     plan = init.Plan(config, bundle, rootfs, opts.rootless, opts.no_pivot, opts.preserve_fds, fifo_fd,
                      opts.id, not opts.no_new_keyring, listen=opts.listen_fds)
@@ -353,6 +353,8 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         console_parent, plan.console_sock = console.socketpair()
     if any(isinstance(m, dict) and idmapmount.wanted(m) for m in config.get("mounts") or []):
         idmapmount.prepare(config, bundle)  # as the runtime: init, in its user namespace, cannot
+    if plan.new_userns and os.geteuid() == 0 and "mount" in plan.namespaces:
+        bindsources.prepare(config, bundle)  # sources only the host's root reaches, as runc
     up, down_w, down_r, up_w = pipe_pair()
     handover = None
     if plan.seccomp is not None and plan.seccomp.notify:
@@ -365,6 +367,7 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
     up_w.close()
     down_r.close()
     idmapmount.close_all()  # init has its own copies
+    bindsources.close_all()
     if handover is not None:
         handover.close_child_end()
     if plan.console_sock is not None:

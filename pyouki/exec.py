@@ -89,7 +89,8 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
     }
     caps = {k: list(v) for k, v in (base.get("capabilities") or {}).items()}
     for cap in opts.caps:
-        for key in ("bounding", "effective", "permitted", "ambient", "inheritable"):
+        # as runc's exec --cap: not inheritable nor ambient, which would pass X on across execve
+        for key in ("bounding", "effective", "permitted"):
             caps.setdefault(key, [])
             if cap not in caps[key]:
                 caps[key].append(cap)
@@ -142,7 +143,41 @@ def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int,
     return _spawn(container, config, process, opts)
 
 
+def cpu_affinity(process: dict, key: str) -> list[int]:
+    """process.execCPUAffinity.<key> ("0-3,7") as CPU numbers; [] when absent or empty."""
+    affinity = process.get("execCPUAffinity") or {}
+    field = f"process.execCPUAffinity.{key}"
+    if not isinstance(affinity, dict):
+        raise PyoukiError("process.execCPUAffinity: must be an object")
+    text = affinity.get(key) or ""
+    if not isinstance(text, str):
+        raise PyoukiError(f"{field}: must be a string such as \"0-3,7\"")
+    from pyouki.cgroups.common import parse_cpu_list
+
+    try:
+        return parse_cpu_list(text)
+    except ValueError as e:
+        raise PyoukiError(f"{field}: {e}") from None
+
+
+def set_affinity(cpus: list[int], field: str) -> None:
+    """sched_setaffinity of this process, the error naming the field (a CPU that does not exist)."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {(e.strerror or str(e)).lower()}") from None
+
+
 def _check_process(process: dict) -> None:
+    from pyouki.config import UNSUPPORTED_PROCESS_FIELDS
+
+    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
+        if key in process:
+            raise PyoukiError(f"process.{key}: {why}")
+    if "username" in (process.get("user") or {}):
+        raise PyoukiError("process.user.username: windows only: on linux the user is process.user.uid")
+    for key in ("initial", "final"):
+        cpu_affinity(process, key)
     args = process.get("args")
     if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
         raise PyoukiError("process.args: must be a non-empty array of strings")
@@ -176,6 +211,9 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
                     continue  # already there (a container without its own user namespace)
                 ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), flags[kind]))
+        if "mount" not in kinds:
+            # the host's mount table is shared: the container's root is init's chroot, entered last
+            ns_fds.append(("root", os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0))
     except OSError as e:
         for _, fd, _ in ns_fds:
             os.close(fd)
@@ -208,6 +246,11 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         from pyouki.seccomp_notify import Handover
 
         handover = seccomp.handover = Handover(up_w.write_fd)
+    initial, saved = cpu_affinity(process, "initial"), None
+    if initial:
+        # the intermediate is born on these CPUs, before it moves into the container's cgroup
+        saved = os.sched_getaffinity(0)
+        set_affinity(initial, "process.execCPUAffinity.initial")
 
     def start_intermediate() -> None:  # in the child; fork_child ends it with os._exit whatever happens
         up.close()
@@ -223,6 +266,8 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + listen, down_r, up_w)
 
     pid = fork_child(start_intermediate)
+    if saved is not None:
+        os.sched_setaffinity(0, saved)
     up_w.close()
     down_r.close()
     for _, fd, _ in ns_fds:
@@ -330,6 +375,11 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
         down.close()
         allowed = True
         for kind, fd, flag in ns_fds:
+            if kind == "root":
+                os.fchdir(fd)
+                os.chroot(".")
+                os.close(fd)
+                continue
             try:
                 sc.setns(fd, flag)
             except OSError as e:
@@ -362,11 +412,14 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
         if seccomp is not None and seccomp.handover is not None:
             keep.append(seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
         init.close_fds(3 + preserve_fds, keep)
+        final = cpu_affinity(process, "final")
+        if final:  # in the container's cgroup now (a cpuset there reset what initial set)
+            set_affinity(final, "process.execCPUAffinity.final")
         user = process.get("user") or {}
+        os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
         if console_child is not None:
             from pyouki import console
 
-            os.setsid()
             console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)))
         exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds)
         lsm.apply(process)  # AppArmor profile, SELinux label: entered at the exec below

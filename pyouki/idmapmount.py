@@ -74,6 +74,15 @@ def plan(config: dict, field: str, entry: dict) -> tuple[list[dict], list[dict],
                       "or a user namespace whose mapping it uses")
 
 
+def clone_propagation(config: dict) -> int:
+    """The propagation of a detached clone of a host mount, set before init attaches it: a clone of
+    a shared mount is its peer, and what the container mounts under it would reach the host; as a
+    slave (private with a private rootfsPropagation) it is what a bind in init's copy would be."""
+    linux = config.get("linux") or {}
+    private = (linux.get("rootfsPropagation") or "rslave") in ("private", "rprivate")
+    return sc.MS_PRIVATE if private else sc.MS_SLAVE
+
+
 def prepare(config: dict, bundle: str) -> None:
     """Create the detached idmapped mounts the config asks for (before the fork; see the module doc).
 
@@ -101,7 +110,12 @@ def prepare(config: dict, bundle: str) -> None:
             if key not in namespaces:
                 namespaces[key] = _open_userns(ns_path, uid_maps, gid_maps, field)
             rbind = "rbind" in (entry.get("options") or [])
-            PREPARED[field] = _idmapped_tree(source, namespaces[key], recursive, rbind, field)
+            PREPARED[field] = fd = _idmapped_tree(source, namespaces[key], recursive, rbind, field)
+            try:
+                sc.mount_setattr_fd(fd, propagation=clone_propagation(config), recursive=rbind)
+            except OSError as e:
+                raise PyoukiError(f"{field}: failed to set the propagation of the mount of {source}: "
+                                  f"{(e.strerror or str(e)).lower()}") from None
     except BaseException:
         close_all()
         raise

@@ -247,12 +247,17 @@ def _write_time_offsets(offsets: dict) -> None:
         off = offsets.get(clock)
         if off:
             lines.append(f"{name} {int(off.get('secs', 0))} {int(off.get('nanosecs', 0))}\n")
+    # a non-dumpable process's /proc/self files belong to the host's root, whom a new user namespace
+    # does not map (rootless: EACCES): dumpable for the write only, while no container process exists
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
     try:
         for line in lines:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write(line)
     except OSError as e:
         raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {_reason(e)}") from None
+    finally:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
 
 def container_init(plan: Plan, up: Channel, down: Channel) -> None:
@@ -335,10 +340,16 @@ def _hook_state(plan: Plan, status: str, pid: int) -> dict:
 def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str, dict[str, str]]:
     config, process, linux = plan.config, plan.process, plan.linux
     in_userns = plan.rootless or "user" in plan.namespaces
-    rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
-    os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
-    specs = fs.do_mounts(config, rootfd, plan.rootless, plan.cgroups)
-    fs.create_devices(config, rootfd, specs, in_userns)
+    # without a mount namespace of its own the container shares the host's mount table: nothing is
+    # mounted (config.validate refuses the fields that would need it) and the rootfs is a chroot
+    own_mounts = "mount" in plan.namespaces
+    if own_mounts:
+        rootfd = fs.prepare(plan.rootfs, linux.get("rootfsPropagation"))
+        os.chdir(plan.bundle)  # relative bind sources are relative to the bundle
+        specs = fs.do_mounts(config, rootfd, plan.rootless, plan.cgroups)
+        fs.create_devices(config, rootfd, specs, in_userns)
+    else:
+        rootfd = fs.open_rootfs(plan.rootfs)
     if plan.hook_sync:
         # the parent runs prestart and createRuntime hooks now, in the runtime's namespaces
         up.send("hooks")
@@ -357,7 +368,11 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
     if plan.seccomp is not None and plan.seccomp.handover is not None:
         keep.append(plan.seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
     close_fds(3 + plan.preserve_fds, keep)
-    fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+    if own_mounts:
+        fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+    else:
+        fs.write_sysctls(linux.get("sysctl") or {})  # through the host's /proc: the rootfs may have none
+        fs.chroot(rootfd, plan.rootfs)
     os.close(rootfd)
     # like runc, a missing process.cwd is created (as the container's root, before root.readonly)
     fs.make_cwd(process.get("cwd") or "/")
@@ -366,7 +381,8 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
         _set_name(sc.sethostname, config["hostname"], "hostname")
     if config.get("domainname"):
         _set_name(sc.setdomainname, config["domainname"], "domainname")
-    fs.write_sysctls(linux.get("sysctl") or {})
+    if own_mounts:
+        fs.write_sysctls(linux.get("sysctl") or {})
     fs.readonly_paths(linux.get("readonlyPaths") or [])
     fs.mask_paths(linux.get("maskedPaths") or [])
     if (config.get("root") or {}).get("readonly"):
@@ -390,22 +406,32 @@ def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter |
         # without no_new_privs, loading a filter needs CAP_SYS_ADMIN: the last moment is before
         # dropping capabilities; what follows must be allowed by the profile (as with runc)
         seccomp.load()
+    # entered as root first, as runc: a cwd only root can enter works; one only the user can
+    # enter (a volume chowned to it, root_squash) is entered again after the switch
+    entered = enter_cwd(process.get("cwd") or "/", retry_later=True)
     drop_privileges(caps, process.get("user") or {}, setgroups_allowed)
     env = environment(process.get("env") or [])
     if "HOME" not in env:
         env["HOME"] = home_of(os.getuid())  # runc fills it from the container's /etc/passwd
-    enter_cwd(process.get("cwd") or "/")
+    if not entered:
+        enter_cwd(process.get("cwd") or "/")
     exe = resolve_executable(process["args"][0], env)
     if process.get("noNewPrivileges"):
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     return exe, env
 
 
-def enter_cwd(cwd: str) -> None:
+def enter_cwd(cwd: str, retry_later: bool = False) -> bool:
     """chdir to process.cwd, which must lead somewhere inside the container's root: getcwd fails
-    for a directory outside it (reached through a magic link such as /proc/self/fd/N)."""
+    for a directory outside it (reached through a magic link such as /proc/self/fd/N).
+
+    With retry_later, a permission error returns False (the caller tries again as the user)."""
     try:
         os.chdir(cwd)
+    except PermissionError:
+        if retry_later:
+            return False
+        raise PyoukiError(f"process.cwd: failed to change to {cwd}: permission denied") from None
     except OSError as e:
         raise PyoukiError(f"process.cwd: failed to change to {cwd}: {_reason(e)}") from None
     try:
@@ -414,6 +440,7 @@ def enter_cwd(cwd: str) -> None:
         inside = False
     if not inside:
         raise PyoukiError(f"process.cwd: {cwd} is outside the container's root filesystem")
+    return True
 
 
 def exec_program(process: dict, exe: str, env: dict[str, str], seccomp: SeccompFilter | None,

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 
-from pyouki import idmapmount, lsm
+from pyouki import bindsources, idmapmount, lsm
 from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError
 
@@ -225,7 +225,10 @@ def _exists(rootfd: int, path: str) -> bool:
 def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | None = None) -> None:
     """Mount one config.mounts entry inside the root that rootfd names (before pivot_root)."""
     source = m.source
-    if m.is_bind:
+    prepared = bindsources.source_is_dir(m.field) if m.is_bind else None
+    if prepared is not None:
+        is_dir = prepared  # opened by the runtime before the user namespace (pyouki.bindsources)
+    elif m.is_bind:
         if not os.path.isabs(source):
             source = os.path.join(os.getcwd(), source)  # relative to the bundle, our cwd
         try:
@@ -256,7 +259,8 @@ def mount_one(m: MountSpec, rootfd: int, rootless: bool, cgroups: CgroupView | N
                 raise PyoukiError(f"{m.field}: the idmapped mount of {source} was not prepared")
             fell_back = False
         elif m.is_bind:
-            sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
+            if not bindsources.attach(m.field, fd):
+                sc.mount(source, proc_fd(fd), None, m.flags & (sc.MS_BIND | sc.MS_REC))
             fell_back = False
         else:
             mode = stat.S_IMODE(os.fstat(fd).st_mode) if keep_mode else None

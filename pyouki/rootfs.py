@@ -186,6 +186,25 @@ def pivot(rootfd: int, rootfs: str, no_pivot: bool) -> None:
         raise PyoukiError(f"failed to pivot_root into {rootfs}: {reason(e)}") from None
 
 
+def open_rootfs(rootfs: str) -> int:
+    """The rootfs directory as an O_PATH fd, for a container without a mount namespace."""
+    try:
+        return os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise PyoukiError(f"root.path: failed to open {rootfs}: {reason(e)}") from None
+
+
+def chroot(rootfd: int, rootfs: str) -> None:
+    """Make the rootfs (rootfd) the root without touching the mount table (no mount namespace of
+    the container's own: pivot_root or a mount would change the host's), as runc does."""
+    try:
+        os.fchdir(rootfd)
+        os.chroot(".")
+        os.chdir("/")
+    except OSError as e:
+        raise PyoukiError(f"root.path: failed to chroot into {rootfs}: {reason(e)}") from None
+
+
 def _hide_host_proc_sys(rootfs: str) -> None:
     """Without pivot_root the host's mounts stay in the container's mount namespace, under the
     moved rootfs: detach (or, where that is refused, cover) every full procfs and sysfs of the

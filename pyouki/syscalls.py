@@ -262,6 +262,18 @@ def mount_setattr(path: str, attr_set: int, attr_clr: int = 0, recursive: bool =
     )
 
 
+def mount_setattr_fd(mount_fd: int, propagation: int = 0, recursive: bool = False) -> None:
+    """mount_setattr(2) on the mount mount_fd names (a detached one too): its propagation type."""
+    attr = _MountAttr(0, 0, propagation, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_nr("mount_setattr")), ctypes.c_int(mount_fd), b"",
+            ctypes.c_uint(flags), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+        )
+    )
+
+
 def fstatfs_type(fd: int) -> int:
     """The f_type (filesystem magic, e.g. PROC_SUPER_MAGIC) of the filesystem holding fd (fstatfs(2))."""
     buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit; f_type comes first

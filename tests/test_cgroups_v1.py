@@ -237,6 +237,10 @@ def test_every_supported_resource_is_written(box: Box) -> None:
     ("resources", "field"),
     [
         ({"blockIO": {"leafWeight": 300}}, "linux.resources.blockIO.leafWeight"),
+        (
+            {"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "leafWeight": 300}]}},
+            "linux.resources.blockIO.weightDevice[0].leafWeight",
+        ),
         ({"network": {"classID": 1048577}}, "linux.resources.network.classID"),
         (
             {"network": {"priorities": [{"name": "lo", "priority": 5}]}},
