@@ -161,3 +161,74 @@ class CriContainerd(Containerd):
                 f'  Root = "{self.runc_root(rt)}"',
             ]
         return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# streaming exec: the URL ``Exec`` returns, spoken as kubectl does over WebSocket
+# --------------------------------------------------------------------------------------------
+
+# The Kubernetes streaming protocol: each binary message starts with its channel number;
+# v4 sends the command's end as a JSON metav1.Status on the error channel.
+WS_PROTOCOL = "v4.channel.k8s.io"
+STDOUT, STDERR, ERROR = 1, 2, 3
+
+
+@dataclass
+class StreamResult:
+    """What a streaming exec produced: the bytes per channel and the final status."""
+
+    stdout: bytes
+    stderr: bytes
+    status: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code, from the v4 status (``NonZeroExitCode`` cause ``ExitCode``)."""
+        if self.status.get("status") == "Success":
+            return 0
+        for cause in self.status.get("details", {}).get("causes", []):
+            if cause.get("reason") == "ExitCode":
+                return int(cause["message"])
+        raise AssertionError(f"no exit code in {self.status}")
+
+
+def stream_exec(url: str, timeout: float = 30.0) -> StreamResult:
+    """Open ``url`` (from ``Exec`` without stdin) as a WebSocket and read every channel to the end."""
+    import base64
+    import json
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    assert u.scheme == "http" and u.hostname and u.port, url
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+        s.sendall((f"GET {u.path}?{u.query} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Sec-WebSocket-Protocol: {WS_PROTOCOL}\r\nOrigin: http://{u.netloc}\r\n\r\n").encode())
+        f = s.makefile("rb")
+        head = f.readline()
+        assert b" 101 " in head, f"exec stream refused: {head!r} {f.read(2000)!r}"
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        out: dict[int, bytes] = {STDOUT: b"", STDERR: b"", ERROR: b""}
+        while (frame := _read_frame(f)) is not None:
+            opcode, data = frame
+            if opcode == 0x8:  # close
+                break
+            if opcode in (0x1, 0x2) and data:
+                out[data[0]] = out.get(data[0], b"") + data[1:]
+    status = json.loads(out[ERROR]) if out[ERROR] else {}
+    return StreamResult(out[STDOUT], out[STDERR], status)
+
+
+def _read_frame(f: Any) -> tuple[int, bytes] | None:
+    """One server frame (never masked, never fragmented by this server), or None at EOF."""
+    hdr = f.read(2)
+    if len(hdr) < 2:
+        return None
+    n = hdr[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(f.read(8), "big")
+    return hdr[0] & 0x0F, f.read(n)
