@@ -39,9 +39,9 @@ pytest.importorskip("grpc_tools", reason="grpcio-tools is missing: pip install -
 # Every pod's cgroup parent: removed at the end of the module unless it existed before.
 CGROUP_PARENT = "pyouki-e2e-cri"
 # A loop that exits 3 on SIGTERM (the grace path of StopContainer).
-TERM_TRAP = "trap 'echo got-term; exit 3' TERM; while :; do sleep 0.1; done"
+TERM_TRAP = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done"
 # A loop that ignores SIGTERM: StopContainer must escalate to SIGKILL after the timeout.
-TERM_IGNORED = "trap '' TERM; while :; do sleep 0.1; done"
+TERM_IGNORED = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
 # CRI's log line: RFC3339Nano timestamp, stream, tag (F full, P partial), content.
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) ([FP]) (.*)$")
 
@@ -121,6 +121,12 @@ class Pod:
         assert st is not None, f"{self.handler}: container still not exited after {timeout} s:\n{self.status(cid)}"
         return st
 
+    def wait_log(self, name: str, text: str, timeout: float = 20.0) -> None:
+        """Wait until container ``name``'s CRI log holds ``text`` (e.g. a trap is installed)."""
+        log = self.logs / f"{name}.log"
+        found = wait_for(lambda: log.exists() and text in log.read_text(), timeout, 0.05)
+        assert found, f"{self.handler}: {text!r} never appeared in {log}"
+
     def pid(self, cid: str) -> int:
         """The container's init pid on the host (from CRI's verbose info)."""
         return int(json.loads(self.status(cid, verbose=True).info["info"])["pid"])
@@ -196,6 +202,7 @@ def test_container_exit_code(new_pod: Callable[..., Pod]) -> None:
 def test_stop_with_grace_period(new_pod: Callable[..., Pod]) -> None:
     pod = new_pod()
     cid = pod.container("graceful", "sh", "-c", TERM_TRAP)
+    pod.wait_log("graceful", "ready")  # the trap is in place
     assert pod.status(cid).status.state == pod.cri.api.CONTAINER_RUNNING
     t0 = time.monotonic()
     pod.cri.call("StopContainer", container_id=cid, timeout=10)
@@ -210,7 +217,7 @@ def test_stop_with_grace_period(new_pod: Callable[..., Pod]) -> None:
 def test_stop_escalates_to_sigkill(new_pod: Callable[..., Pod]) -> None:
     pod = new_pod()
     cid = pod.container("stubborn", "sh", "-c", TERM_IGNORED)
-    time.sleep(0.3)  # let the shell install its trap
+    pod.wait_log("stubborn", "ready")  # SIGTERM is ignored from now on
     t0 = time.monotonic()
     pod.cri.call("StopContainer", container_id=cid, timeout=2)
     took = time.monotonic() - t0
