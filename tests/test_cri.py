@@ -14,8 +14,8 @@ every stop fails (issue 10).
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,8 +49,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (s
 @pytest.fixture(scope="module")
 def cri(e2e: Session) -> Iterator[tuple[CriContainerd, Cri]]:
     """containerd with the CRI plugin, both handlers, the busybox and pause images in k8s.io."""
-    if not os.access("/usr/bin/containerd", os.X_OK) and not any(
-            os.access(f"{d}/containerd", os.X_OK) for d in BASE_PATH.split(":")):
+    if not shutil.which("containerd", path=BASE_PATH) or not shutil.which("ctr", path=BASE_PATH):
         pytest.skip("containerd is missing: install the containerd package (tests/e2e/APT_PACKAGES)")
     had = existing_cgroups([CGROUP_PARENT])
     ct = CriContainerd(base=e2e.short / "cri", mark=f"{e2e.mark}-cri", namespace=CRI_NAMESPACE,
@@ -90,10 +89,14 @@ class Pod:
     handler: str
 
     def container(self, name: str, *cmd: str, start: bool = True, resources: dict[str, int] | None = None,
-                  pid_mode: int | None = None) -> str:
-        """Create (and start) a container running ``cmd`` in this pod; its log is ``<logs>/<name>.log``."""
+                  pid_mode: int | None = None, security: dict[str, Any] | None = None) -> str:
+        """Create (and start) a container running ``cmd`` in this pod; its log is ``<logs>/<name>.log``.
+
+        ``resources`` and ``security`` are LinuxContainerResources and LinuxContainerSecurityContext fields.
+        """
         api = self.cri.api
-        linux = api.LinuxContainerConfig(resources=api.LinuxContainerResources(**(resources or {})))
+        linux = api.LinuxContainerConfig(resources=api.LinuxContainerResources(**(resources or {})),
+                                         security_context=api.LinuxContainerSecurityContext(**(security or {})))
         if pid_mode is not None:
             linux.security_context.namespace_options.pid = pid_mode
         cfg = api.ContainerConfig(
@@ -281,6 +284,8 @@ def test_update_container_resources(new_pod: Callable[..., Pod]) -> None:
     mib = 1024 * 1024
     cid = pod.container("resized", "sleep", "inf", resources={"memory_limit_in_bytes": 256 * mib})
     pid = pod.pid(cid)
+    # the runtime put it below the pod's cgroup parent, in the cgroup the shim watches
+    assert f"/{CGROUP_PARENT}/" in Path(f"/proc/{pid}/cgroup").read_text()
     assert _cgroup_file(pid, "memory", "memory.limit_in_bytes") == str(256 * mib)
     api = pod.cri.api
     pod.cri.call("UpdateContainerResources", container_id=cid,
@@ -327,3 +332,16 @@ def test_exec_streaming(new_pod: Callable[..., Pod]) -> None:
     assert (r.stdout, r.stderr, r.exit_code) == (b"streamed\n", b"oops\n", 5), r
     url = pod.cri.call("Exec", container_id=cid, cmd=["true"], stdout=True).url
     assert stream_exec(url).exit_code == 0
+
+
+def test_security_context(new_pod: Callable[..., Pod]) -> None:
+    pod = new_pod()
+    api = pod.cri.api
+    cid = pod.container("locked", "sleep", "inf", security={
+        "run_as_user": api.Int64Value(value=65534), "readonly_rootfs": True, "no_new_privs": True})
+    r = pod.cri.call("ExecSync", container_id=cid, timeout=30, cmd=[
+        "sh", "-c", "id -u; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; touch /x 2>/dev/null || echo ro"])
+    lines = r.stdout.decode().split("\n")
+    assert r.exit_code == 0 and lines[0] == "65534", r
+    assert "NoNewPrivs:\t1" in lines and "CapEff:\t0000000000000000" in lines, r
+    assert "ro" in lines, r
