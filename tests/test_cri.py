@@ -61,7 +61,11 @@ def cri(e2e: Session) -> Iterator[tuple[CriContainerd, Cri]]:
         for archive in (e2e.archive, pause):
             ct.ctr("image", "import", str(archive)).ok()
         client = Cri(ct.address)
-        assert client.call("Version", version="v1").runtime_api_version == "v1"
+        try:
+            version = client.call("Version", version="v1")
+        except grpc.RpcError as e:  # e.g. the CRI plugin did not load: its reason is in the log
+            raise AssertionError(f"CRI does not answer: {e}\n{(ct.base / 'containerd.log').read_text()[-4000:]}") from e
+        assert version.runtime_api_version == "v1", version
 
         def images() -> bool:  # CRI learns about imported images from containerd's events
             tags = {t for i in client.call("ListImages").images for t in i.repo_tags}
