@@ -37,6 +37,7 @@ class Containerd:
 
     base: Path
     mark: str
+    namespace: str = NAMESPACE  # ctr's -n
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     created_run_dirs: list[Path] = field(default_factory=list)
@@ -50,11 +51,10 @@ class Containerd:
         """The shim's ``--root`` for ``rt`` (private: never /run/containerd/runc)."""
         return str(self.base / "runc-root" / rt.name)
 
-    def start(self) -> None:
-        """Write config.toml, start containerd and wait until ``ctr version`` answers."""
+    def config(self) -> str:
+        """The daemon's config.toml: private root, state and sockets, the CRI plugin disabled."""
         b = self.base
-        b.mkdir(parents=True, exist_ok=True)
-        (b / "config.toml").write_text(
+        return (
             "version = 2\n"
             f'root = "{b}/root"\n'
             f'state = "{b}/state"\n'
@@ -68,6 +68,12 @@ class Containerd:
             '[plugins."io.containerd.internal.v1.opt"]\n'
             f'  path = "{b}/opt"\n'
         )
+
+    def start(self) -> None:
+        """Write config.toml, start containerd and wait until ``ctr version`` answers."""
+        b = self.base
+        b.mkdir(parents=True, exist_ok=True)
+        (b / "config.toml").write_text(self.config())
         self.created_run_dirs = [p for p in (SHIM_SOCKET_DIR.parent, SHIM_SOCKET_DIR) if not p.exists()]
         (b / "fifo").mkdir(exist_ok=True)
         self.env = {"PATH": BASE_PATH, "HOME": str(b), MARK_VAR: self.mark}
@@ -81,8 +87,8 @@ class Containerd:
         assert ready and self.proc.poll() is None, f"containerd did not start:\n{(b / 'containerd.log').read_text()}"
 
     def ctr(self, *args: str, timeout: float = 60.0, pty: bool = False) -> Result:
-        """``ctr --address SOCK -n pyouki-e2e ARGS``."""
-        argv = ["ctr", "--address", self.address, "-n", NAMESPACE, *args]
+        """``ctr --address SOCK -n NAMESPACE ARGS`` (``pyouki-e2e`` unless set)."""
+        argv = ["ctr", "--address", self.address, "-n", self.namespace, *args]
         return run(under_pty(argv) if pty else argv, env=self.env, timeout=timeout, cwd=self.base)
 
     def run_args(self, rt: Runtime) -> list[str]:

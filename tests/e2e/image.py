@@ -42,8 +42,11 @@ def _blob(tar: tarfile.TarFile, data: bytes) -> tuple[str, int]:
     return f"sha256:{digest}", len(data)
 
 
-def image_archive(layer_tar: Path, dest: Path, ref: str = IMAGE) -> Path:
-    """Write an OCI layout + docker-save archive of one uncompressed layer, tagged ``ref``."""
+def image_archive(layer_tar: Path, dest: Path, ref: str = IMAGE, cmd: list[str] | None = None) -> Path:
+    """Write an OCI layout + docker-save archive of one uncompressed layer, tagged ``ref``.
+
+    The image runs ``cmd`` by default (``IMAGE_CMD`` unless given).
+    """
     layer = layer_tar.read_bytes()
     with tarfile.open(dest, "w") as tar:
         for d in ("blobs", "blobs/sha256"):
@@ -55,7 +58,7 @@ def image_archive(layer_tar: Path, dest: Path, ref: str = IMAGE) -> Path:
         config = {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Env": IMAGE_ENV, "Cmd": IMAGE_CMD, "WorkingDir": "/"},
+            "config": {"Env": IMAGE_ENV, "Cmd": cmd or IMAGE_CMD, "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
             "history": [{"created_by": "pyouki e2e: busybox-static rootfs"}],
         }
