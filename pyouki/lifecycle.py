@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import time
 
-from pyouki import log, notify
+from pyouki import log
 from pyouki.enginewords import NOT_RUNNING
 from pyouki.errors import ContainerError, PyoukiError
-from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
 
 
@@ -36,7 +35,9 @@ def start(root: str, container_id: str) -> None:
             raise ContainerError(f"cannot start container {container_id}: its init process is gone "
                                  f"({(e.strerror or '').lower()})") from None
         try:
-            if container.record.get("notify") and notify.requested():
+            if container.record.get("notify") and os.environ.get("NOTIFY_SOCKET"):
+                from pyouki import notify
+
                 # bound before the process runs, so its first READY= is not lost
                 notify_sock = notify.bind(container.dir)
             os.write(fd, b"0")
@@ -50,6 +51,8 @@ def start(root: str, container_id: str) -> None:
     log.debug(f"container {container_id} started")
     if notify_sock is not None:
         # like runc, start returns once the container says READY (or ends), lock released
+        from pyouki import notify
+
         notify.forward_ready(notify_sock, container.pid, notify.requested())
 
 
@@ -74,6 +77,8 @@ def state(root: str, container_id: str) -> dict:
 
 def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes: bool = False) -> None:
     """Send a signal to the container's init (or with all_processes to every process in it)."""
+    from pyouki.signals import parse_signal  # only kill needs it
+
     signum = parse_signal(signal_text)
     container = load(root, container_id)
     status = container.status()
@@ -243,11 +248,9 @@ def wait_for_exit(container: Container, timeout: float = 10.0) -> None:
 
 def _remove_cgroup(container: Container) -> None:
     if container.record.get("cgroup"):
-        from pyouki.cgroups import manager_from_state
+        from pyouki.cgroups import remove_from_state
 
-        manager = manager_from_state(container.record["cgroup"])
-        if manager is not None:
-            manager.remove()
+        remove_from_state(container.record["cgroup"])
 
 
 def list_containers(root: str) -> list[dict]:
