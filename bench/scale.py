@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 import bench_setup
+from bench_proc import become_subreaper
 
 DEFAULT_PYOUKI = "/opt/pyouki/venv/bin/pyouki"
 CASES = ("mounts", "masked", "seccomp", "concurrent", "existing")
@@ -101,6 +102,36 @@ def wait_exit(pidfile: str, timeout: float = 30.0) -> None:
         select.select([fd], [], [], timeout)
     finally:
         os.close(fd)
+    reap(pid)
+
+
+def kill_and_reap(pidfile: str) -> None:
+    """SIGKILL the waiting container and reap it (untimed), so delete finds it gone."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, 9)
+    except (OSError, ValueError):
+        return
+    reap(pid)
+
+
+def reap(pid: int) -> None:
+    """Reap pid at once, as an engine's monitor (conmon, the shim) does: we are the subreaper of the
+    containers, and a cgroup stays populated until its last zombie is reaped (delete would wait)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def reap_exited() -> None:
+    """Reap every exited child (containers of `run -d`), without waiting."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 class Scale:
@@ -160,6 +191,7 @@ class Scale:
                 except Failed as e:
                     errors[rt] = str(e)
                 finally:
+                    kill_and_reap(pidfile)
                     quiet([*argv, "delete", "--force", cid], self.env)
         for rt, (walls, cpus) in samples.items():
             self.record(case, point, rt, walls, cpus, error=errors.get(rt, ""))
@@ -248,6 +280,7 @@ class Scale:
                 have = len(os.listdir(argv[2])) if os.path.isdir(argv[2]) else 0
                 for i in range(have, k):  # stopped containers: run -d of `true`, never deleted
                     quiet([*argv, "run", "--detach", "--bundle", b, f"old{i}"], self.env)
+                    reap_exited()
                 probe = self.cid()
                 quiet([*argv, "create", "--bundle", b, probe], self.env)
                 for verb, args in (("list", ["list"]), ("state", ["state", probe])):
@@ -368,6 +401,7 @@ def main() -> int:
               f"{platform.node()}, {os.cpu_count()} cpus, kernel {platform.release()}, load "
               f"{os.getloadavg()[0]:.1f}")
     print(header, flush=True)
+    become_subreaper()  # the containers are ours to reap, as they are conmon's or the shim's
     tmp = tempfile.mkdtemp(prefix="pyouki-scale-")
     scale = Scale(opts, tmp)
     try:
