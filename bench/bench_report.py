@@ -96,3 +96,34 @@ def table(groups: dict[str, dict[str, Any]]) -> str:
         if g.get("note"):
             lines.append(f"{'':<26} note: {g['note']}")
     return "\n".join(lines)
+
+
+FLOOR = "python -I -S -c pass"
+README_ROWS = (("create+start+delete", "create+start+delete of `true`"), ("run", "`run` to completion"),
+               ("create", "`create`"), ("exec", "`exec true`"), ("state", "`state`"), ("start", "`start`"),
+               ("kill", "`kill`"), ("delete", "`delete`"), ("podman run --rm", "`podman run --rm IMAGE true`"))
+
+
+def readme(doc: dict[str, Any], command: str) -> str:
+    """The README's performance table for one run: wall medians, ×runc, and the hot commands
+    against the launcher's own interpreter floor (`python -I -S -c pass`), with the date, the
+    machine and the command that made it, so the table says where it came from."""
+    groups = doc["groups"]
+    m = doc.get("machine", {})
+    floor = (groups.get("interpreter start", {}).get("runtimes", {}).get(FLOOR) or {}).get("wall_ms")
+    lines = [f"{doc['mode']}, {doc['date']}, {m.get('os', '')}, {m.get('cpus')} cpus {m.get('cpu', '')}, kernel "
+             f"{m.get('kernel')}; `{command}` ({doc['runs']} interleaved rounds, wall medians)", "",
+             "| case | pyouki | runc | ×runc | over the `-I -S` floor |", "|---|---|---|---|---|"]
+    for key, label in README_ROWS:
+        rows = groups.get(key, {}).get("runtimes", {})
+        p, r = rows.get("pyouki") or {}, rows.get("runc") or {}
+        if not p or p.get("error") or not p.get("wall_ms"):
+            continue
+        pw = p["wall_ms"]["median"]
+        rw = r["wall_ms"]["median"] if r.get("wall_ms") and not r.get("error") else None
+        over = f"+{pw - floor['median']:.1f} ms" if floor and key in ("state", "start", "kill", "delete") else ""
+        lines.append(f"| {label} | {pw:.1f} ms | {'-' if rw is None else f'{rw:.1f} ms'} | "
+                     f"{'-' if rw is None else fmt_ratio(pw / rw)} | {over} |")
+    if floor:
+        lines.append(f"| `{FLOOR}` (the launcher's interpreter, the floor) | {floor['median']:.1f} ms | | | |")
+    return "\n".join(lines)

@@ -636,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     with os.fdopen(json_fd, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"wrote {json_out}")
+    # the README's table, with the floor, the date, the machine and this command
+    table_md = bench_report.readme(doc, "bench/run " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(table_md)
+    with open(os.path.splitext(json_out)[0] + ".md", "w") as f:
+        f.write(table_md + "\n")
     return code
 
 

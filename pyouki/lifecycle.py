@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import time
 
-from pyouki import log, notify
+from pyouki import log
 from pyouki.enginewords import NOT_EXIST, NOT_RUNNING
 from pyouki.errors import ContainerError, ContainerNotFound, ContainerNotRunning, PyoukiError
-from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
 
 
@@ -26,7 +25,8 @@ def start(root: str, container_id: str, notify_socket: str | None = None) -> Non
     """Let a created container run its process (OCI `start`).
 
     notify_socket: where READY goes (None: NOTIFY_SOCKET of the environment, the CLI's way)."""
-    target = notify.requested() if notify_socket is None else notify_socket
+    # where READY goes: the caller's NOTIFY_SOCKET without importing pyouki.notify on the hot path
+    target = os.environ.get("NOTIFY_SOCKET", "") if notify_socket is None else notify_socket
     container = load(root, container_id).lock()
     notify_sock = None
     try:
@@ -40,6 +40,8 @@ def start(root: str, container_id: str, notify_socket: str | None = None) -> Non
                                  f"({(e.strerror or '').lower()})") from None
         try:
             if container.record.get("notify") and target:
+                from pyouki import notify
+
                 # bound before the process runs, so its first READY= is not lost
                 notify_sock = notify.bind(container.dir)
             os.write(fd, b"0")
@@ -53,6 +55,8 @@ def start(root: str, container_id: str, notify_socket: str | None = None) -> Non
     log.debug(f"container {container_id} started")
     if notify_sock is not None:
         # like runc, start returns once the container says READY (or ends), lock released
+        from pyouki import notify
+
         notify.forward_ready(notify_sock, container.pid, target)
 
 
@@ -77,6 +81,8 @@ def state(root: str, container_id: str) -> dict:
 
 def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes: bool = False) -> None:
     """Send a signal to the container's init (or with all_processes to every process in it)."""
+    from pyouki.signals import parse_signal  # only kill needs it
+
     signum = parse_signal(signal_text)
     container = load(root, container_id)
     status = container.status()
@@ -297,11 +303,9 @@ def wait_for_exit(container: Container, timeout: float = 10.0) -> None:
 
 def _remove_cgroup(container: Container) -> None:
     if container.record.get("cgroup"):
-        from pyouki.cgroups import manager_from_state
+        from pyouki.cgroups import remove_from_state
 
-        manager = manager_from_state(container.record["cgroup"])
-        if manager is not None:
-            manager.remove()
+        remove_from_state(container.record["cgroup"])
 
 
 def list_containers(root: str) -> list[dict]:

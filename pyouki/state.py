@@ -391,12 +391,9 @@ class Container:
 
 
 def _cgroup_frozen(record: dict) -> bool:
-    try:
-        from pyouki.cgroups import manager_from_state
-    except ImportError:
-        return False
-    manager = manager_from_state(record["cgroup"])
-    return manager is not None and manager.state() == "frozen"
+    from pyouki.cgroups import frozen_from_state  # reads the one file; no driver import
+
+    return frozen_from_state(record["cgroup"])
 
 
 def list_ids(root: str) -> list[str]:

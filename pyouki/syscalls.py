@@ -127,9 +127,9 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
     """mount(2)."""
-    _check(
-        _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data))
-    )
+    if _libc.mount.argtypes is None:  # typed once: no ctypes wrapper objects per call (once per mount)
+        _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)))
 
 
 def umount2(target: str, flags: int = 0) -> None:
@@ -232,15 +232,22 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+_openat2_call: list = []  # [syscall(2) typed for openat2, its number], made on first use
+
+
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    """openat2(2): open path relative to dirfd under the given RESOLVE_* restrictions."""
+    """openat2(2): open path relative to dirfd under the given RESOLVE_* restrictions.
+
+    Called once per mount and masked path: through a prototype typed once (the integer arguments
+    pass as in a variadic call), which halves ctypes' per-call cost (7 to 3.5 us, bench/scale).
+    """
+    if not _openat2_call:
+        proto = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_char_p,
+                                 ctypes.POINTER(_OpenHow), ctypes.c_size_t, use_errno=True)
+        _openat2_call[:] = [proto(("syscall", _libc)), _nr("openat2")]
+    call, nr = _openat2_call
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(
-        _libc.syscall(
-            ctypes.c_long(_nr("openat2")), ctypes.c_int(dirfd), _b(path),
-            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)),
-        )
-    )
+    return _check(call(nr, dirfd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(_OpenHow)))
 
 
 class _MountAttr(ctypes.Structure):
