@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -160,6 +161,16 @@ def test_v2_state_round_trip() -> None:
     assert m.path == "/sys/fs/cgroup/pyouki/c1"
     again = manager_from_state(m.to_state())
     assert isinstance(again, V2Manager) and again.path == m.path and again.mountpoint == "/sys/fs/cgroup"
+
+
+def test_v2_thaw_of_a_removed_cgroup_is_done(tmp_path: Path) -> None:
+    """systemd removes a scope's cgroup once SIGKILL empties it: kill's thaw of a paused container
+    must not fail (or wait 5 s) for it; the race itself is in test_podman_systemd and
+    test_systemd_driver (kill_of_a_paused_container). Freezing a missing cgroup still fails."""
+    gone = V2Manager(str(tmp_path / "libpod-x.scope"))
+    gone.thaw()
+    with pytest.raises(PyoukiError, match="cannot freeze cgroup .*libpod-x.scope"):
+        gone.freeze()
 
 
 def test_from_state_none_and_unknown() -> None:

@@ -131,13 +131,20 @@ class V2Manager:
 
     def _freeze_to(self, want: str) -> None:
         verb = "freeze" if want == "1" else "thaw"
+        if want == "0" and not os.path.isdir(self.path):
+            # nothing left to thaw: systemd removes an emptied scope's cgroup (a paused container
+            # killed with SIGKILL under --systemd-cgroup, before or while kill thaws it)
+            return
         if not os.path.exists(os.path.join(self.path, "cgroup.freeze")):
             raise PyoukiError(f"cannot {verb} cgroup {self.path}: cgroup.freeze is not supported")
         try:
             c.write_file(self.path, "cgroup.freeze", want, "cgroup.freeze")
         except ConfigError as e:
+            if want == "0" and not os.path.isdir(self.path):
+                return
             raise PyoukiError(f"failed to {verb} cgroup {self.path}: {str(e).split(': ')[-1]}") from None
-        ok = c.poll_until(lambda: c.read_kv(self.path, "cgroup.events").get("frozen") == int(want), 5.0)
+        ok = c.poll_until(lambda: c.read_kv(self.path, "cgroup.events").get("frozen") == int(want)
+                          or (want == "0" and not os.path.isdir(self.path)), 5.0)
         if not ok:
             if want == "1":
                 c.write_file(self.path, "cgroup.freeze", "0", "cgroup.freeze")

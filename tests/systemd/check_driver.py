@@ -216,10 +216,14 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
         facts["thawed"] = mgr.state()
         facts["manager_pids"] = sorted(mgr.pids())
         facts.update(join_verbs(root, cid, base, env))
-        pyouki("--root", root, "kill", cid, "KILL", env=env)
+        # SIGKILL of a paused container: kill thaws while systemd removes the emptied scope
+        pyouki("--root", root, "pause", cid, env=env)
+        res = pyouki("--root", root, "kill", cid, "KILL", env=env)
+        facts["kill_paused"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.02)
+        facts["killed"] = not os.path.exists(f"/proc/{pid}")
         res = pyouki("--root", root, "delete", cid, env=env)
         facts["delete"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
         facts["deleted"] = unit_facts(sd, unit)

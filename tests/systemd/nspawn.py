@@ -399,11 +399,13 @@ def kill_stale(root: Path) -> list[int]:
 
 @contextlib.contextmanager
 def booted(repo: Path, tarball: Path | None = None,
-           binds: Sequence[tuple[str, str]] = ()) -> Iterator[Machine]:
+           binds: Sequence[tuple[str, str]] = (), syscalls: Sequence[str] = ()) -> Iterator[Machine]:
     """Boot the cached rootfs with repo bind-mounted read-only at /src; always tear down.
 
     binds are more read-only (host path, container path) bind mounts, e.g. the host's
-    busybox for container rootfs trees built inside.
+    busybox for container rootfs trees built inside. syscalls are more names or ``@groups`` the
+    container may call beyond nspawn's default filter (e.g. ``@keyring``: runc creates a session
+    keyring for every container).
 
     Only one container boots at a time on a host (nspawn without a host systemd always uses
     the same ``/payload`` cgroups), so this holds a lock for its whole life.
@@ -425,7 +427,8 @@ def booted(repo: Path, tarball: Path | None = None,
                 proc = subprocess.Popen(
                     ["systemd-nspawn", "-q", "-b", "-D", str(root), "-M", name, "--register=no",
                      "--keep-unit", "--console=passive", "--volatile=overlay", f"--bind-ro={repo}:/src",
-                     *(f"--bind-ro={host}:{inside}" for host, inside in binds), "--system-call-filter=bpf"],
+                     *(f"--bind-ro={host}:{inside}" for host, inside in binds),
+                     "--system-call-filter=" + " ".join(("bpf", *syscalls))],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
             machine = Machine(root, name, proc, 0, log_path)
             _wait_booted(machine, started + BOOT_TIMEOUT)
