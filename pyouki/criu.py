@@ -431,10 +431,12 @@ def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,
                 given = _read_all(gate_r)  # the --cgroup-root arguments; nothing: the parent failed
                 if not given:
                     os._exit(1)
-                # a private mount namespace for criu's --root: criu wants a mount point whose
-                # parent is not overmounted, and nothing of it may outlive the restore
+                # a mount namespace of criu's own for --root: criu wants a mount point whose
+                # parent is not overmounted, and nothing of it may outlive the restore. Slave, not
+                # private: criu gives the restored root the propagation of --root, which must
+                # be that of the dumped root (a slave of the host's mount, like the rootfs).
                 syscalls.unshare(syscalls.CLONE_NEWNS)
-                syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+                syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_SLAVE)
                 syscalls.mount(rootfs, mnt, None, syscalls.MS_BIND | syscalls.MS_REC)
                 for fd in keep:
                     os.set_inheritable(fd, True)

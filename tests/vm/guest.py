@@ -445,6 +445,7 @@ class CriuPart(Part):
         facts["checkpoint"] = self.cmd("checkpoint", "--leave-running", "--image-path", image, cid)
         facts["dump_log_error"] = _criu_errors(os.path.join(image, "dump.log"))
         at = (self.counter(rootfs) or (0, 0))[1]
+        facts["at_checkpoint"] = at  # the image holds this count or a smaller one (it counts while dumped)
         facts["after_checkpoint"] = self.observe(cid)
         facts["still_counting"] = self.wait_count(rootfs, at + 5)
         facts["at_delete"] = self.counter(rootfs)
