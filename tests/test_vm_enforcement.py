@@ -295,3 +295,18 @@ def test_vm_criu_pre_dump_then_dump_with_parent(guest: dict[str, Any]) -> None:
     assert f["restored"]["status"] == "running"
     assert f["restored"]["nspid"][-1] == "1"
     _ok(f["delete"])
+
+
+def test_vm_criu_restore_in_the_foreground(guest: dict[str, Any]) -> None:
+    """restore without -d: the restored shell writes to restore's stdout (its old stdout pipe,
+    named in descriptors.json, replaced by criu), --pid-file names it, restore exits with its
+    status (SIGKILL: 137) and deletes it, as `run` does."""
+    f = _criu(guest, "foreground")
+    _ok(f["checkpoint"])
+    assert f["stdout_line"] == f"count {f['at_checkpoint'] + 1}"
+    assert f["restored"]["status"] == "running"
+    assert f["pid_file"] == str(f["restored"]["pid"])
+    _ok(f["kill"])
+    assert f["restore_rc"] == 137
+    assert f["restore_stderr"] == ""
+    assert f["after_exit"]["state_rc"] != 0

@@ -495,12 +495,50 @@ class CriuPart(Part):
             facts["delete"] = self.cmd("delete", "--force", cid)
         return facts
 
+    def foreground(self) -> dict[str, Any]:
+        """restore without --detach: the container's stdout becomes restore's (its old pipe is
+        replaced), restore waits for it and exits with its status, and deletes it; --pid-file."""
+        cid = f"criu-fg-{os.getpid()}"
+        self.COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; echo "count $i"; sleep 0.2; done'
+        bundle, rootfs, facts = self.start(cid)
+        if facts["create"]["rc"]:
+            return facts
+        facts["before"] = self.wait_count(rootfs, 5)
+        image = os.path.join(self.base, "img-fg")
+        facts["checkpoint"] = self.cmd("checkpoint", "--image-path", image, cid)
+        at = (self.counter(rootfs) or (0, 0))[1]
+        facts["at_checkpoint"] = at
+        pid_file = os.path.join(self.base, "fg.pid")
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([*self.drv.PYOUKI, "--root", self.root, "restore", "--image-path", image,
+                                     "--pid-file", pid_file, "--bundle", bundle, cid],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True)
+            assert proc.stdout is not None
+            import select
+
+            # the restored shell's line, through restore's stdout (bounded: a wrong fd would hang)
+            ready, _, _ = select.select([proc.stdout], [], [], 90)
+            facts["stdout_line"] = proc.stdout.readline().strip() if ready else None
+            facts["restored"] = self.observe(cid)
+            facts["pid_file"] = _read(pid_file)
+            facts["kill"] = self.cmd("kill", cid, "KILL")
+            try:
+                facts["restore_rc"] = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                facts["restore_rc"] = "timeout"
+            proc.stdout.close()
+            err.seek(0)
+            facts["restore_stderr"] = err.read().strip()
+        facts["after_exit"] = self.observe(cid)  # deleted, as `run` does
+        return facts
+
     def run(self) -> dict[str, Any]:
         res = subprocess.run(["criu", "--version"], capture_output=True, text=True, timeout=60)
         out: dict[str, Any] = {"uid": os.getuid(), "criu": res.stdout.strip()}
         try:
             for name, fn in (("stopped", self.stopped), ("leave_running", self.leave_running),
-                             ("pre_dump", self.pre_dump)):
+                             ("pre_dump", self.pre_dump), ("foreground", self.foreground)):
                 _progress(f"{self.name}: {name}")
                 started = time.monotonic()
                 try:
