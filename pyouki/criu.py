@@ -29,12 +29,13 @@ import shutil
 import subprocess
 
 from pyouki import log
-from pyouki.enginewords import EXISTS
+from pyouki.enginewords import EXISTS, NOT_RUNNING
 from pyouki.errors import ContainerError, PyoukiError
 
 DESCRIPTORS = "descriptors.json"  # runc's name: engines (podman) copy image directories around
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
+HOOK_ERROR = "criu-hook.err"  # a failed restore hook's message, for restore to print
 CGROUP_MODES = ("soft", "full", "strict", "ignore")
 _EMPTY_NS = {"network": "net"}  # runc accepts only network for --empty-ns
 
@@ -234,7 +235,7 @@ def checkpoint(root: str, container_id: str, options: dict) -> None:
     try:
         status = container.status()
         if status not in ("running", "paused"):
-            raise ContainerError(f"cannot checkpoint container {container_id}: it is {status}, not running")
+            raise ContainerError(f"cannot checkpoint container {container_id}: {NOT_RUNNING} ({status})")
         config = container.config()
         if (config.get("process") or {}).get("terminal"):
             raise PyoukiError("process.terminal: cannot checkpoint a container with a terminal (criu would need "
@@ -339,7 +340,7 @@ def restore(create_opts, options: dict, detach: bool, subreaper: bool = True) ->
             from pyouki import syscalls
 
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
-        init_pid = _restore(criu, container, config, rootfs, opts, cgroup)
+        init_pid = _restore(criu, container, config, bundle, rootfs, opts, cgroup)
         nss = namespaces(config)
         from pyouki import hooks
 
@@ -376,7 +377,8 @@ def restore(create_opts, options: dict, detach: bool, subreaper: bool = True) ->
     return status
 
 
-def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,  # type: ignore[no-untyped-def]
+def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # type: ignore[no-untyped-def]
+             opts: CriuOptions,
              cgroup) -> int:  # type: ignore[no-untyped-def]
     """Run criu restore in a child put in the container's cgroup first; return the restored init's pid."""
     from pyouki import syscalls
@@ -395,6 +397,14 @@ def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,
         args += ["--lsm-profile", opts.lsm_profile]
     if opts.lsm_mount_context:
         args += ["--lsm-mount-context", opts.lsm_mount_context]
+    from pyouki import hooks
+
+    keep: list[int] = []  # closed once criu is done
+    if hooks.has(config, "prestart", "createRuntime"):
+        container.save_config(config)  # what the action script reads
+        script, script_fd = _action_script(container.dir)
+        keep.append(script_fd)
+        args += ["--action-script", script]
     for dest, source in _bind_mounts(config):
         args += ["--external", f"mnt[{dest}]:{source}"]
     if (config.get("linux") or {}).get("maskedPaths"):
@@ -402,7 +412,6 @@ def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,
     for d in (config.get("linux") or {}).get("devices") or []:
         if d.get("path"):
             args += ["--external", f"mnt[{d['path']}]:{d['path']}"]
-    keep: list[int] = []
     try:
         for kind, path in _joined_namespaces(config).items():
             if kind in ("network", "pid"):
@@ -440,6 +449,7 @@ def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,
                 syscalls.mount(rootfs, mnt, None, syscalls.MS_BIND | syscalls.MS_REC)
                 for fd in keep:
                     os.set_inheritable(fd, True)
+                os.environ["PYOUKI_BUNDLE"] = bundle  # criu passes its environment to the action script
                 os.execv(criu, args + [a for a in given.decode().split("\0") if a])
             except BaseException as e:  # noqa: BLE001  (the child must never return)
                 os.write(2, f"pyouki: restore: cannot run criu: {e}\n".encode())
@@ -472,12 +482,58 @@ def _restore(criu: str, container, config: dict, rootfs: str, opts: CriuOptions,
         except OSError:
             pass
     if status != 0:
+        hook_error = os.path.join(container.dir, HOOK_ERROR)
+        if os.path.exists(hook_error):
+            with open(hook_error) as f:
+                raise PyoukiError(f.read().strip())
         raise PyoukiError(_failure("restore", os.path.join(log_dir, RESTORE_LOG), ""))
     try:
         with open(pidfile) as f:
             return int(f.read().strip())
     except (OSError, ValueError) as e:
         raise PyoukiError(f"restore: criu left no pid of the restored init ({e})") from None
+
+
+def _action_script(container_dir: str) -> tuple[str, int]:
+    """criu's --action-script, which criu executes without a shell, and the fd that holds it: a
+    small script in a memfd (the state directory may be noexec, /run is on Debian), run through
+    this process's /proc/PID/fd while criu runs; it runs this Python, with pyouki's path,
+    calling action_script."""
+    import shlex
+    import sys
+
+    code = (f"import sys; sys.path[0:0] = {[p for p in sys.path if p]!r}; "
+            "from pyouki.criu import action_script; sys.exit(action_script(sys.argv[1]))")
+    text = "#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in (sys.executable, "-I", "-S", "-c", code,
+                                                                   container_dir)) + "\n"
+    fd = os.memfd_create("pyouki-criu-action", os.MFD_CLOEXEC)
+    os.write(fd, text.encode())
+    return f"/proc/{os.getpid()}/fd/{fd}", fd
+
+
+def action_script(container_dir: str) -> int:
+    """criu's notification during a restore: at setup-namespaces (the restored init exists, in its
+    namespaces, not yet running) run the prestart and createRuntime hooks, as runc does. A
+    failure fails the restore; its one line goes to a file restore reads."""
+    if os.environ.get("CRTOOLS_SCRIPT_ACTION") != "setup-namespaces":
+        return 0
+    from pyouki import OCI_VERSION, hooks
+    from pyouki.state import Container
+
+    try:
+        container = Container(os.path.dirname(container_dir), os.path.basename(container_dir))
+        config = container.config()
+        state = {"ociVersion": OCI_VERSION, "id": container.id, "status": "creating",
+                 "pid": int(os.environ.get("CRTOOLS_INIT_PID") or 0),
+                 "bundle": os.environ.get("PYOUKI_BUNDLE", ""),
+                 "annotations": config.get("annotations") or {}}
+        hooks.run(config, "prestart", state)
+        hooks.run(config, "createRuntime", state)
+    except PyoukiError as e:
+        with open(os.path.join(container_dir, HOOK_ERROR), "w") as f:
+            f.write(str(e) + "\n")
+        return 1
+    return 0
 
 
 def _read_all(fd: int) -> bytes:

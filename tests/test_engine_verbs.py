@@ -547,6 +547,23 @@ def test_checkpoint_fails_cleanly_where_criu_cannot_dump(runner: Runner, bundle:
     runner.delete(cid, "--force").ok()
 
 
+@rootless_only
+def test_checkpoint_rootless_needs_root(runner: Runner, bundle: Bundle, runtime: RuntimeInfo,
+                                        xfail_runc: Callable[[str], None]) -> None:
+    """criu needs root: one line saying so, before criu runs; the container goes on."""
+    xfail_runc("runc only warns, then criu fails")
+    cid = running(runner, bundle, "sleep 1000")
+    r = runner.cmd("checkpoint", "--image-path", str(runner.workdir / "i"), cid)
+    assert_failed_cleanly(runtime, r, "checkpoint needs root")
+    assert not (runner.workdir / "i").exists()
+    assert runner.state(cid)["status"] == "running"
+    r = runner.cmd("restore", "--image-path", str(runner.workdir / "i"), "--bundle", str(bundle.path),
+                   runner.new_id())
+    assert_failed_cleanly(runtime, r, "restore needs root")
+    assert runner.list_ids() == [cid]
+    runner.delete(cid, "--force").ok()
+
+
 @root_only
 def test_checkpoint_restore_flags(runner: Runner, bundle: Bundle, runtime: RuntimeInfo,
                                   xfail_runc: Callable[[str], None]) -> None:
@@ -559,6 +576,14 @@ def test_checkpoint_restore_flags(runner: Runner, bundle: Bundle, runtime: Runti
     assert_failed_cleanly(runtime, r, "--empty-ns: 'pid' is not supported")
     assert runner.state(cid)["status"] == "running"
     runner.delete(cid, "--force").ok()
+    # only a running (or paused) container: runc's words for the others
+    created = runner.new_id()
+    runner.cmd("create", "--bundle", str(bundle.path), created).ok()
+    r = runner.cmd("checkpoint", "--image-path", str(runner.workdir / "i"), created)
+    assert_failed_cleanly(runtime, r, f"cannot checkpoint container {created}: container not running (created)")
+    runner.delete(created, "--force").ok()
+    r = runner.cmd("checkpoint", "--image-path", str(runner.workdir / "i"), created)
+    assert_failed_cleanly(runtime, r, f"{created}: container does not exist")
     # podman's capability check: `checkpoint --help` succeeds when the runtime supports it
     for verb in ("checkpoint", "restore"):
         h = runner.cmd(verb, "--help", root=None)

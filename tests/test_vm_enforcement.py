@@ -10,6 +10,7 @@ reports what the kernel did; the assertions are here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -310,3 +311,11 @@ def test_vm_criu_restore_in_the_foreground(guest: dict[str, Any]) -> None:
     assert f["restore_rc"] == 137
     assert f["restore_stderr"] == ""
     assert f["after_exit"]["state_rc"] != 0
+    # prestart and createRuntime: at create, then in the restore (criu's setup-namespaces, as
+    # runc) with the restored init's pid
+    phases = [line.rsplit(" ", 1) for line in f["hooks"]]
+    assert [p for _, p in phases] == ["prestart", "createRuntime"] * 2
+    states = [json.loads(s) for s, _ in phases]
+    assert states[2]["pid"] == states[3]["pid"] == f["restored"]["pid"] != states[0]["pid"]
+    assert all(s["status"] == "creating" and s["id"] == states[0]["id"] for s in states)
+    assert states[2]["bundle"] == states[0]["bundle"]

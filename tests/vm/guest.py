@@ -384,7 +384,7 @@ class CriuPart(Part):
             facts["cgroup"] = _read(f"/proc/{pid}/cgroup")
         return facts
 
-    def start(self, cid: str) -> tuple[str, str, dict[str, Any]]:
+    def start(self, cid: str, hooks: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any]]:
         workdir = os.path.join(self.base, cid)
         os.mkdir(workdir)
         bundle = self.drv.make_bundle(workdir, False, None, ["sh", "-c", self.COUNTER])
@@ -394,6 +394,8 @@ class CriuPart(Part):
         config["linux"].pop("resources", None)
         config["linux"]["resources"] = {"pids": {"limit": 50}}
         config["root"]["readonly"] = False  # the counter is a file in the rootfs
+        if hooks:
+            config["hooks"] = hooks
         with open(config_path, "w") as f:
             json.dump(config, f)
         facts: dict[str, Any] = {"create": self.cmd("create", "--bundle", bundle, cid)}
@@ -500,7 +502,13 @@ class CriuPart(Part):
         replaced), restore waits for it and exits with its status, and deletes it; --pid-file."""
         cid = f"criu-fg-{os.getpid()}"
         self.COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; echo "count $i"; sleep 0.2; done'
-        bundle, rootfs, facts = self.start(cid)
+        # prestart and createRuntime run at create and again in the restore (runc's order), with
+        # the state of the moment: one JSON line each, appended
+        hook_out = os.path.join(self.base, "hooks.out")
+        hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat >> {hook_out}; echo \" $0\" >> {hook_out}"]}
+        hooks = {"prestart": [{**hook, "args": [*hook["args"], "prestart"]}],
+                 "createRuntime": [{**hook, "args": [*hook["args"], "createRuntime"]}]}
+        bundle, rootfs, facts = self.start(cid, hooks)
         if facts["create"]["rc"]:
             return facts
         facts["before"] = self.wait_count(rootfs, 5)
@@ -531,6 +539,7 @@ class CriuPart(Part):
             err.seek(0)
             facts["restore_stderr"] = err.read().strip()
         facts["after_exit"] = self.observe(cid)  # deleted, as `run` does
+        facts["hooks"] = (_read(hook_out) or "").splitlines()
         return facts
 
     def run(self) -> dict[str, Any]:

@@ -47,7 +47,7 @@ IMAGE_SIZE = "3G"
 TEST_USER = "tester"
 TEST_UID = 1000
 # A whole guest run under TCG, including the tests; qemu is killed after it.
-BOOT_TIMEOUT = float(os.environ.get("PYOUKI_VM_TIMEOUT") or 720)
+BOOT_TIMEOUT = float(os.environ.get("PYOUKI_VM_TIMEOUT") or 1260)
 # Legacy hardware qemu's default machine still probes (most is gone with -nodefaults).
 BLACKLIST = ("floppy", "parport", "parport_pc", "pcspkr", "bochs", "bochs_drm", "ata_piix", "pata_acpi",
              "ata_generic", "i2c_piix4", "kvm", "kvm_amd", "kvm_intel", "sr_mod", "cdrom", "joydev",
@@ -67,7 +67,7 @@ Type=oneshot
 ExecStart=/bin/sh /share/run.sh
 StandardOutput=journal+console
 StandardError=journal+console
-TimeoutStartSec=660
+TimeoutStartSec=1200
 """
 
 
