@@ -248,9 +248,12 @@ def test_vm_criu_checkpoint_stops_and_restore_continues(guest: dict[str, Any]) -
     assert f["stopped_count"] == f["at_checkpoint"]  # nothing ran while checkpointed
     _ok(f["restore"])
     assert f["restore_log_error"] == []
-    # the count goes on from the one in the image (a new shell would start again at 1)
-    assert f["first_after_restore"][1] == count + 1
+    # the count goes on from the one in the image (a new shell would start again at 1): every
+    # count the shell wrote, before and after, is one sequence
+    assert f["first_after_restore"][1] > count
     assert f["later"][1] > count + 3
+    counts = f["counts"]
+    assert counts == list(range(1, len(counts) + 1)) and len(counts) > count + 3
     before, after = f["running"], f["restored"]
     assert after["status"] == "running"
     assert after["nspid"][-1] == before["nspid"][-1] == "1"  # the same init, in its own pid namespace
@@ -273,9 +276,16 @@ def test_vm_criu_leave_running(guest: dict[str, Any]) -> None:
     _ok(f["delete_original"])
     _ok(f["restore"])
     assert f["restore_log_error"] == []
-    first = f["first_after_restore"][1]
-    assert f["before"][1] < first <= f["at_checkpoint"] + 1  # from the image: not 1, not the original's
+    # what the original wrote (1..N), then the restored shell: from the dumped count on, which
+    # is neither 1 (a new shell) nor the original's last
+    counts = f["counts"]
+    n = next(i for i in range(1, len(counts)) if counts[i] != counts[i - 1] + 1)  # where the restore took up
+    assert n >= f["counts_at_delete"]  # the original may count a little more until delete kills it
+    assert counts[:n] == list(range(1, n + 1))
+    first = counts[n]
+    assert f["before"][1] < first <= f["at_checkpoint"] + 1
     assert first < f["at_delete"][1]
+    assert counts[n:] == list(range(first, first + len(counts) - n))
     assert f["restored"]["status"] == "running"
     assert f["restored"]["nspid"][-1] == "1"
     assert f["restored"]["cgroup"] == f["running"]["cgroup"]

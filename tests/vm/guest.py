@@ -331,7 +331,8 @@ class CriuPart(Part):
     pipes (criu hands the old ones' places to restore's own), never files of the host.
     """
 
-    COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; sleep 0.2; done'
+    # /counts keeps every count, so a test sees the whole sequence across a restore
+    COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; echo $i >> /counts; sleep 0.2; done'
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -431,6 +432,7 @@ class CriuPart(Part):
             facts["later"] = self.wait_count(rootfs, at + 3)
             facts["restored"] = self.observe(cid)
             facts["delete"] = self.cmd("delete", "--force", cid)
+            facts["counts"] = _counts(rootfs)
         facts["cgroup_left"] = os.path.exists(f"/sys/fs/cgroup/pyouki/{cid}")
         return facts
 
@@ -451,6 +453,7 @@ class CriuPart(Part):
         facts["after_checkpoint"] = self.observe(cid)
         facts["still_counting"] = self.wait_count(rootfs, at + 5)
         facts["at_delete"] = self.counter(rootfs)
+        facts["counts_at_delete"] = len(_counts(rootfs))
         facts["delete_original"] = self.cmd("delete", "--force", cid)
         facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", bundle, cid)
         facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
@@ -468,6 +471,7 @@ class CriuPart(Part):
             facts["first_after_restore"] = first
             facts["restored"] = self.observe(cid)
             facts["delete"] = self.cmd("delete", "--force", cid)
+            facts["counts"] = _counts(rootfs)
         return facts
 
     def pre_dump(self) -> dict[str, Any]:
@@ -501,7 +505,7 @@ class CriuPart(Part):
         """restore without --detach: the container's stdout becomes restore's (its old pipe is
         replaced), restore waits for it and exits with its status, and deletes it; --pid-file."""
         cid = f"criu-fg-{os.getpid()}"
-        self.COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; echo "count $i"; sleep 0.2; done'
+        self.COUNTER = self.COUNTER.replace("sleep 0.2", 'echo "count $i"; sleep 0.2')
         # prestart and createRuntime run at create and again in the restore (runc's order), with
         # the state of the moment: one JSON line each, appended
         hook_out = os.path.join(self.base, "hooks.out")
@@ -527,8 +531,10 @@ class CriuPart(Part):
             # the restored shell's line, through restore's stdout (bounded: a wrong fd would hang)
             ready, _, _ = select.select([proc.stdout], [], [], 90)
             facts["stdout_line"] = proc.stdout.readline().strip() if ready else None
+            # the shell runs as soon as criu has restored it; the record (then the pid file) is
+            # written once criu is done: an engine waits for the pid file, so does this
+            facts["pid_file"] = _wait_file(pid_file, 90)
             facts["restored"] = self.observe(cid)
-            facts["pid_file"] = _read(pid_file)
             facts["kill"] = self.cmd("kill", cid, "KILL")
             try:
                 facts["restore_rc"] = proc.wait(timeout=120)
@@ -560,6 +566,11 @@ class CriuPart(Part):
                 os.close(fd)
             shutil.rmtree(self.base, ignore_errors=True)
         return out
+
+
+def _counts(rootfs: str) -> list[int]:
+    """Every count the container's shell appended to /counts (a last partial line dropped)."""
+    return [int(x) for x in (_read(os.path.join(rootfs, "counts")) or "").split() if x.isdigit()]
 
 
 def _criu_errors(path: str) -> list[str]:
