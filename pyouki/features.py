@@ -28,7 +28,7 @@ def features() -> dict:
     systemd = _systemd_driver()
     annotations = {
         "io.github.pyouki.version": __version__,
-        "io.github.pyouki.checkpoint.enabled": "false",
+        "io.github.pyouki.checkpoint.enabled": "true",  # criu; the host kernel decides whether it can dump
         # applied, with no place of their own in the Features structure
         "io.github.pyouki.linux.personality.domains": ",".join(procattrs.PERSONALITY_DOMAINS),
         "io.github.pyouki.process.scheduler.policies": ",".join(procattrs.SCHED_POLICIES),

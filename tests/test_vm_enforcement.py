@@ -10,6 +10,7 @@ reports what the kernel did; the assertions are here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -225,3 +226,116 @@ def test_vm_apparmor_failures_fail_create_cleanly(guest: dict[str, Any]) -> None
     assert "is not on procfs" in planted["create"]["stderr"]
     assert planted["planted_file"] == ""
     assert planted["state_left"] == []
+
+
+# -- checkpoint/restore with criu (rootful cgroupfs; criu cannot dump on the host's kernel) -------
+
+
+def _criu(guest: dict[str, Any], case: str) -> dict[str, Any]:
+    facts = _part(guest, "rootful-criu")[case]
+    assert "error" not in facts, facts["error"]
+    return dict(facts)
+
+
+def _ok(result: dict[str, Any]) -> None:
+    assert result == {"rc": 0, "stderr": ""}
+
+
+def test_vm_criu_checkpoint_stops_and_restore_continues(guest: dict[str, Any]) -> None:
+    """The default checkpoint: criu ends the container and pyouki deletes it (as runc); restore
+    under the same id brings back the same process (pid 1 inside, the count it had in memory)
+    in the same cgroup, and delete removes it all."""
+    f = _criu(guest, "stopped")
+    _ok(f["create"])
+    _ok(f["start"])
+    _ok(f["checkpoint"])
+    assert f["dump_log_error"] == []
+    assert "descriptors.json" in f["images"] and "inventory.img" in f["images"]
+    assert f["after_checkpoint"]["state_rc"] != 0  # deleted, as runc does
+    assert f["init_left"] is False
+    count = f["at_checkpoint"][1]
+    assert count > 10
+    assert f["stopped_count"] == f["at_checkpoint"]  # nothing ran while checkpointed
+    _ok(f["restore"])
+    assert f["restore_log_error"] == []
+    # the count goes on from the one in the image (a new shell would start again at 1): every
+    # count the shell wrote, before and after, is one sequence
+    assert f["first_after_restore"][1] > count
+    assert f["later"][1] > count + 3
+    counts = f["counts"]
+    assert counts == list(range(1, len(counts) + 1)) and len(counts) > count + 3
+    before, after = f["running"], f["restored"]
+    assert after["status"] == "running"
+    assert after["nspid"][-1] == before["nspid"][-1] == "1"  # the same init, in its own pid namespace
+    assert f["first_after_restore"][0] == f["at_checkpoint"][0] == 1  # what the process itself says ($$)
+    assert after["cgroup"] == before["cgroup"]
+    assert after["pid"] != before["pid"]  # a new host pid, recorded in the new container record
+    _ok(f["delete"])
+    assert f["cgroup_left"] is False
+
+
+def test_vm_criu_leave_running(guest: dict[str, Any]) -> None:
+    """--leave-running: the container goes on counting; its image, restored once the original
+    is deleted, takes up the count where the dump was."""
+    f = _criu(guest, "leave_running")
+    _ok(f["checkpoint"])
+    assert f["dump_log_error"] == []
+    assert f["after_checkpoint"]["status"] == "running"
+    assert f["after_checkpoint"]["pid"] == f["running"]["pid"]
+    assert f["still_counting"][1] > f["at_checkpoint"]
+    _ok(f["delete_original"])
+    _ok(f["restore"])
+    assert f["restore_log_error"] == []
+    # what the original wrote (1..N), then the restored shell: from the dumped count on, which
+    # is neither 1 (a new shell) nor the original's last
+    counts = f["counts"]
+    n = next(i for i in range(1, len(counts)) if counts[i] != counts[i - 1] + 1)  # where the restore took up
+    assert n >= f["counts_at_delete"]  # the original may count a little more until delete kills it
+    assert counts[:n] == list(range(1, n + 1))
+    first = counts[n]
+    assert f["before"][1] < first <= f["at_checkpoint"] + 1
+    assert first < f["at_delete"][1]
+    assert counts[n:] == list(range(first, first + len(counts) - n))
+    assert f["restored"]["status"] == "running"
+    assert f["restored"]["nspid"][-1] == "1"
+    assert f["restored"]["cgroup"] == f["running"]["cgroup"]
+    _ok(f["delete"])
+
+
+def test_vm_criu_pre_dump_then_dump_with_parent(guest: dict[str, Any]) -> None:
+    """--pre-dump leaves the container running; a dump with --parent-path links to it and
+    restores."""
+    f = _criu(guest, "pre_dump")
+    _ok(f["pre_dump"])
+    assert f["pre_dump_log_error"] == []
+    assert f["after_pre_dump"]["status"] == "running"
+    _ok(f["checkpoint"])
+    assert f["parent_link"] == "../parent"
+    _ok(f["restore"])
+    assert f["after_restore"][1] > f["at_checkpoint"]
+    assert f["restored"]["status"] == "running"
+    assert f["restored"]["nspid"][-1] == "1"
+    _ok(f["delete"])
+
+
+def test_vm_criu_restore_in_the_foreground(guest: dict[str, Any]) -> None:
+    """restore without -d: the restored shell writes to restore's stdout (its old stdout pipe,
+    named in descriptors.json, replaced by criu), --pid-file names it, restore exits with its
+    status (SIGKILL: 137) and deletes it, as `run` does."""
+    f = _criu(guest, "foreground")
+    _ok(f["checkpoint"])
+    assert f["stdout_line"] == f"count {f['at_checkpoint'] + 1}"
+    assert f["restored"]["status"] == "running"
+    assert f["pid_file"] == str(f["restored"]["pid"])
+    _ok(f["kill"])
+    assert f["restore_rc"] == 137
+    assert f["restore_stderr"] == ""
+    assert f["after_exit"]["state_rc"] != 0
+    # prestart and createRuntime: at create, then in the restore (criu's setup-namespaces, as
+    # runc) with the restored init's pid
+    phases = [line.rsplit(" ", 1) for line in f["hooks"]]
+    assert [p for _, p in phases] == ["prestart", "createRuntime"] * 2
+    states = [json.loads(s) for s, _ in phases]
+    assert states[2]["pid"] == states[3]["pid"] == f["restored"]["pid"] != states[0]["pid"]
+    assert all(s["status"] == "creating" and s["id"] == states[0]["id"] for s in states)
+    assert states[2]["bundle"] == states[0]["bundle"]

@@ -217,16 +217,16 @@ def cmd_check(globals_: dict, options: dict, args: dict) -> int:
     return status
 
 
-def _unsupported(args: dict) -> int:
-    from pyouki.errors import PyoukiError
-
-    _id(args)
-    raise PyoukiError("checkpoint/restore is not supported by pyouki")
-
-
 def cmd_checkpoint(globals_: dict, options: dict, args: dict) -> int:
-    return _unsupported(args)
+    from pyouki.criu import checkpoint
+
+    checkpoint(_root(globals_), _id(args), options)
+    return 0
 
 
 def cmd_restore(globals_: dict, options: dict, args: dict) -> int:
-    return _unsupported(args)
+    from pyouki.criu import restore
+
+    detach = bool(options.get("detach"))
+    return restore(_create_options(globals_, options, args), options, detach=detach,
+                   subreaper=not options.get("no_subreaper"))

@@ -122,8 +122,7 @@ _EXEC = (
     _flag(("--ignore-paused",), "ignore_paused", "allow exec in a paused container"),
 )
 
-# runc's checkpoint and restore flags: accepted, so the answer is "not supported" rather than a
-# usage error about one flag.
+# runc's checkpoint and restore flags, passed to criu by pyouki.criu.
 _CRIU_COMMON = (
     _str(("--image-path",), "image_path", "path for the criu image files"),
     _str(("--work-path",), "work_path", "path for saving work files and logs"),
@@ -189,9 +188,7 @@ COMMANDS = {
             "with the command that fixes it; exit status 0 when ready)",
             (_flag(("--rootful",), "rootful", "check for rootful containers (the default for root)"),
              Opt(("--format", "-f"), "format", "str", "select one of: text or json", "text", ("text", "json")))),
-        Cmd("checkpoint", "checkpoint a running container (not supported by pyouki)", _CHECKPOINT, _ID,
-            supported=False),
-        Cmd("restore", "restore a container from a previous checkpoint (not supported by pyouki)", _RESTORE, _ID,
-            supported=False),
+        Cmd("checkpoint", "checkpoint a running container (with criu)", _CHECKPOINT, _ID),
+        Cmd("restore", "restore a container from a previous checkpoint (with criu)", _RESTORE, _ID),
     )
 }

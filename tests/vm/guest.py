@@ -38,7 +38,7 @@ LIMITS = {
 }
 UPDATED = {"memory": {"limit": 48 * MiB, "swap": 48 * MiB}, "pids": {"limit": 30}, "cpu": {"quota": 50_000}}
 FILES = ("memory.max", "memory.swap.max", "pids.max", "cpu.max", "cpu.weight", "cgroup.controllers")
-PARTS = ("rootless-systemd", "rootful-systemd", "rootful-cgroupfs", "rootful-apparmor")
+PARTS = ("rootless-systemd", "rootful-systemd", "rootful-cgroupfs", "rootful-apparmor", "rootful-criu")
 APPARMOR_PROFILE = "pyouki-vmtest"
 # Everything allowed but reading /secret (root could read it without the profile). No includes:
 # it loads in well under a second under TCG.
@@ -340,6 +340,262 @@ class AppArmorPart(Part):
         return out
 
 
+class CriuPart(Part):
+    """Rootful cgroupfs containers checkpointed and restored with criu (it needs root).
+
+    The container's init is a shell counting in memory and writing ``<its pid> <count>`` to
+    /counter every 0.2 s: after a restore the count goes on from where it was (a restarted
+    shell would begin at 1) and the pid is the same inside the pid namespace. Its stdio are
+    pipes (criu hands the old ones' places to restore's own), never files of the host.
+    """
+
+    # /counts keeps every count, so a test sees the whole sequence across a restore
+    COUNTER = 'i=0; while :; do i=$((i+1)); echo "$$ $i" > /counter; echo $i >> /counts; sleep 0.2; done'
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.pipes: list[int] = []
+
+    def cmd(self, *args: str) -> dict[str, Any]:
+        """pyouki with pipes as stdio (a container inherits them); its stderr read back."""
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        os.set_blocking(err_r, False)
+        try:
+            rc = subprocess.run([*self.drv.PYOUKI, "--root", self.root, *args], stdin=stdin_r, stdout=out_w,
+                                stderr=err_w, timeout=300).returncode
+        finally:
+            for fd in (stdin_r, out_w, err_w):
+                os.close(fd)
+        try:
+            err = os.read(err_r, 65536).decode(errors="replace").strip()
+        except BlockingIOError:
+            err = ""
+        self.pipes += [stdin_w, out_r, err_r]  # kept open: the container's stdio stay pipes with readers
+        return {"rc": rc, "stderr": err}
+
+    def counter(self, rootfs: str) -> tuple[int, int] | None:
+        """(pid inside the container, count) from /counter."""
+        fields = (_read(os.path.join(rootfs, "counter")) or "").split()
+        return (int(fields[0]), int(fields[1])) if len(fields) == 2 else None
+
+    def wait_count(self, rootfs: str, above: int, timeout: float = 90) -> tuple[int, int] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.counter(rootfs)
+            if value and value[1] > above:
+                return value
+            time.sleep(0.05)
+        return self.counter(rootfs)
+
+    def observe(self, cid: str) -> dict[str, Any]:
+        """The container's state and its init's view: NSpid, cgroup."""
+        res = self.drv.pyouki("--root", self.root, "state", cid, timeout=120)
+        facts: dict[str, Any] = {"state_rc": res.returncode}
+        if res.returncode == 0:
+            state = json.loads(res.stdout)
+            facts["status"] = state["status"]
+            facts["pid"] = pid = state["pid"]
+            status = _read(f"/proc/{pid}/status") or ""
+            facts["nspid"] = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")),
+                                  None)
+            facts["cgroup"] = _read(f"/proc/{pid}/cgroup")
+        return facts
+
+    def start(self, cid: str, hooks: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any]]:
+        workdir = os.path.join(self.base, cid)
+        os.mkdir(workdir)
+        bundle = self.drv.make_bundle(workdir, False, None, ["sh", "-c", self.COUNTER])
+        config_path = os.path.join(bundle, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["linux"].pop("resources", None)
+        config["linux"]["resources"] = {"pids": {"limit": 50}}
+        config["root"]["readonly"] = False  # the counter is a file in the rootfs
+        if hooks:
+            config["hooks"] = hooks
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        facts: dict[str, Any] = {"create": self.cmd("create", "--bundle", bundle, cid)}
+        if facts["create"]["rc"] == 0:
+            facts["start"] = self.cmd("start", cid)
+        return bundle, os.path.join(bundle, "rootfs"), facts
+
+    def stopped(self) -> dict[str, Any]:
+        """The default: criu ends the container, pyouki deletes it; restore brings it back."""
+        cid = f"criu-stop-{os.getpid()}"
+        bundle, rootfs, facts = self.start(cid)
+        if facts["create"]["rc"]:
+            return facts
+        facts["before"] = self.wait_count(rootfs, 10)
+        facts["running"] = self.observe(cid)
+        image, work = os.path.join(self.base, "img-stop"), os.path.join(self.base, "work-stop")
+        started = time.monotonic()
+        facts["checkpoint"] = self.cmd("checkpoint", "--image-path", image, "--work-path", work, cid)
+        facts["checkpoint_seconds"] = round(time.monotonic() - started, 2)
+        facts["after_checkpoint"] = self.observe(cid)  # gone: pyouki deleted it
+        facts["init_left"] = os.path.exists(f"/proc/{facts['running'].get('pid')}/status")
+        facts["images"] = sorted(os.listdir(image)) if os.path.isdir(image) else []
+        facts["dump_log_error"] = _criu_errors(os.path.join(work, "dump.log"))
+        facts["at_checkpoint"] = self.counter(rootfs)
+        time.sleep(1)
+        facts["stopped_count"] = self.counter(rootfs)  # nothing counts while checkpointed
+        facts["restore"] = self.cmd("restore", "--detach", "--image-path", image, "--work-path", work,
+                                    "--bundle", bundle, cid)
+        facts["restore_log_error"] = _criu_errors(os.path.join(work, "restore.log"))
+        if facts["restore"]["rc"] == 0:
+            at = (facts["at_checkpoint"] or (0, 0))[1]
+            facts["first_after_restore"] = self.wait_count(rootfs, at)
+            facts["later"] = self.wait_count(rootfs, at + 3)
+            facts["restored"] = self.observe(cid)
+            facts["delete"] = self.cmd("delete", "--force", cid)
+            facts["counts"] = _counts(rootfs)
+        facts["cgroup_left"] = os.path.exists(f"/sys/fs/cgroup/pyouki/{cid}")
+        return facts
+
+    def leave_running(self) -> dict[str, Any]:
+        """--leave-running: the container goes on; a restore of its image (once it is deleted)
+        takes up the count where the checkpoint was."""
+        cid = f"criu-leave-{os.getpid()}"
+        bundle, rootfs, facts = self.start(cid)
+        if facts["create"]["rc"]:
+            return facts
+        facts["before"] = self.wait_count(rootfs, 10)
+        facts["running"] = self.observe(cid)
+        image = os.path.join(self.base, "img-leave")
+        facts["checkpoint"] = self.cmd("checkpoint", "--leave-running", "--image-path", image, cid)
+        facts["dump_log_error"] = _criu_errors(os.path.join(image, "dump.log"))
+        at = (self.counter(rootfs) or (0, 0))[1]
+        facts["at_checkpoint"] = at  # the image holds this count or a smaller one (it counts while dumped)
+        facts["after_checkpoint"] = self.observe(cid)
+        facts["still_counting"] = self.wait_count(rootfs, at + 5)
+        facts["at_delete"] = self.counter(rootfs)
+        facts["counts_at_delete"] = len(_counts(rootfs))
+        facts["delete_original"] = self.cmd("delete", "--force", cid)
+        facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", bundle, cid)
+        facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
+        if facts["restore"]["rc"] == 0:
+            last = (facts["at_delete"] or (0, 0))[1]
+            # the first count written after the restore: the image's, not the deleted one's
+            deadline = time.monotonic() + 60
+            first = None
+            while time.monotonic() < deadline:
+                value = self.counter(rootfs)
+                if value and value[1] != last:
+                    first = value
+                    break
+                time.sleep(0.02)
+            facts["first_after_restore"] = first
+            facts["restored"] = self.observe(cid)
+            facts["delete"] = self.cmd("delete", "--force", cid)
+            facts["counts"] = _counts(rootfs)
+        return facts
+
+    def pre_dump(self) -> dict[str, Any]:
+        """--pre-dump, then a dump with --parent-path (only the pages changed since), restored."""
+        cid = f"criu-pre-{os.getpid()}"
+        bundle, rootfs, facts = self.start(cid)
+        if facts["create"]["rc"]:
+            return facts
+        facts["before"] = self.wait_count(rootfs, 5)
+        base = os.path.join(self.base, "img-pre")
+        facts["pre_dump"] = self.cmd("checkpoint", "--pre-dump", "--image-path", os.path.join(base, "parent"), cid)
+        facts["pre_dump_log_error"] = _criu_errors(os.path.join(base, "parent", "dump.log"))
+        facts["after_pre_dump"] = self.observe(cid)
+        facts["checkpoint"] = self.cmd("checkpoint", "--image-path", os.path.join(base, "final"),
+                                       "--parent-path", "../parent", cid)
+        facts["dump_log_error"] = _criu_errors(os.path.join(base, "final", "dump.log"))
+        facts["parent_link"] = (os.readlink(os.path.join(base, "final", "parent"))
+                                if os.path.islink(os.path.join(base, "final", "parent")) else None)
+        at = (self.counter(rootfs) or (0, 0))[1]
+        facts["restore"] = self.cmd("restore", "-d", "--image-path", os.path.join(base, "final"), "--bundle",
+                                    bundle, cid)
+        facts["restore_log_error"] = _criu_errors(os.path.join(base, "final", "restore.log"))
+        if facts["restore"]["rc"] == 0:
+            facts["at_checkpoint"] = at
+            facts["after_restore"] = self.wait_count(rootfs, at)
+            facts["restored"] = self.observe(cid)
+            facts["delete"] = self.cmd("delete", "--force", cid)
+        return facts
+
+    def foreground(self) -> dict[str, Any]:
+        """restore without --detach: the container's stdout becomes restore's (its old pipe is
+        replaced), restore waits for it and exits with its status, and deletes it; --pid-file."""
+        cid = f"criu-fg-{os.getpid()}"
+        self.COUNTER = self.COUNTER.replace("sleep 0.2", 'echo "count $i"; sleep 0.2')
+        # prestart and createRuntime run at create and again in the restore (runc's order), with
+        # the state of the moment: one JSON line each, appended
+        hook_out = os.path.join(self.base, "hooks.out")
+        hook = {"path": "/bin/sh", "args": ["sh", "-c", f"cat >> {hook_out}; echo \" $0\" >> {hook_out}"]}
+        hooks = {"prestart": [{**hook, "args": [*hook["args"], "prestart"]}],
+                 "createRuntime": [{**hook, "args": [*hook["args"], "createRuntime"]}]}
+        bundle, rootfs, facts = self.start(cid, hooks)
+        if facts["create"]["rc"]:
+            return facts
+        facts["before"] = self.wait_count(rootfs, 5)
+        image = os.path.join(self.base, "img-fg")
+        facts["checkpoint"] = self.cmd("checkpoint", "--image-path", image, cid)
+        at = (self.counter(rootfs) or (0, 0))[1]
+        facts["at_checkpoint"] = at
+        pid_file = os.path.join(self.base, "fg.pid")
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([*self.drv.PYOUKI, "--root", self.root, "restore", "--image-path", image,
+                                     "--pid-file", pid_file, "--bundle", bundle, cid],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True)
+            assert proc.stdout is not None
+            import select
+
+            # the restored shell's line, through restore's stdout (bounded: a wrong fd would hang)
+            ready, _, _ = select.select([proc.stdout], [], [], 90)
+            facts["stdout_line"] = proc.stdout.readline().strip() if ready else None
+            # the shell runs as soon as criu has restored it; the record (then the pid file) is
+            # written once criu is done: an engine waits for the pid file, so does this
+            facts["pid_file"] = _wait_file(pid_file, 90)
+            facts["restored"] = self.observe(cid)
+            facts["kill"] = self.cmd("kill", cid, "KILL")
+            try:
+                facts["restore_rc"] = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                facts["restore_rc"] = "timeout"
+            proc.stdout.close()
+            err.seek(0)
+            facts["restore_stderr"] = err.read().strip()
+        facts["after_exit"] = self.observe(cid)  # deleted, as `run` does
+        facts["hooks"] = (_read(hook_out) or "").splitlines()
+        return facts
+
+    def run(self) -> dict[str, Any]:
+        res = subprocess.run(["criu", "--version"], capture_output=True, text=True, timeout=60)
+        out: dict[str, Any] = {"uid": os.getuid(), "criu": res.stdout.strip()}
+        try:
+            for name, fn in (("stopped", self.stopped), ("leave_running", self.leave_running),
+                             ("pre_dump", self.pre_dump), ("foreground", self.foreground)):
+                _progress(f"{self.name}: {name}")
+                started = time.monotonic()
+                try:
+                    out[name] = fn()
+                except Exception:
+                    out[name] = {"error": traceback.format_exc()}
+                out[name]["seconds"] = round(time.monotonic() - started, 2)
+        finally:
+            for fd in self.pipes:
+                os.close(fd)
+            shutil.rmtree(self.base, ignore_errors=True)
+        return out
+
+
+def _counts(rootfs: str) -> list[int]:
+    """Every count the container's shell appended to /counts (a last partial line dropped)."""
+    return [int(x) for x in (_read(os.path.join(rootfs, "counts")) or "").split() if x.isdigit()]
+
+
+def _criu_errors(path: str) -> list[str]:
+    """The Error lines of a criu log (the whole log is too long for the results)."""
+    return [line for line in (_read(path) or "").splitlines() if "Error" in line][:10]
+
+
 def _progress(msg: str) -> None:
     """A line on stderr (the guest log), so a hung run shows where it stopped."""
     print(f"[{time.monotonic():.1f}] {msg}", file=sys.stderr, flush=True)
@@ -382,6 +638,8 @@ def environment() -> dict[str, Any]:
 
 
 def _part(name: str) -> Part:
+    if name.endswith("-criu"):
+        return CriuPart(name)
     return AppArmorPart(name) if name.endswith("-apparmor") else Part(name)
 
 
@@ -390,7 +648,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps(_part(argv[1]).run()))
         return 0
     results: dict[str, Any] = {"env": environment()}
-    for name in PARTS:
+    # PYOUKI_VM_PARTS (set through tests/vm/vm.py): a subset, to work on one part
+    parts = [p for p in PARTS if p in (os.environ.get("PYOUKI_VM_PARTS") or "").split(",")] or list(PARTS)
+    for name in parts:
         _progress(f"part {name}")
         started = time.monotonic()
         try:
@@ -400,7 +660,7 @@ def main(argv: list[str]) -> int:
         results[name]["seconds"] = round(time.monotonic() - started, 2)
         with open(argv[0] + ".partial", "w") as f:
             json.dump(results, f, indent=1)
-    results["ok"] = all("error" not in results[name] for name in PARTS)
+    results["ok"] = all("error" not in results[name] for name in parts)
     with open(argv[0] + ".part", "w") as f:
         json.dump(results, f, indent=1)
     os.rename(argv[0] + ".part", argv[0])

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,15 +38,17 @@ REPO = HERE.parents[1]
 SETUP_VERSION = "2"
 KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools", "zstd")
 # The guest's tools beyond the kernel (installed in the same apt run, .debs cached on the host):
-# apparmor_parser loads the AppArmor tests' profile (Debian's kernel has AppArmor enabled).
-GUEST_PACKAGES = ("apparmor",)
+# apparmor_parser loads the AppArmor tests' profile (Debian's kernel has AppArmor enabled); criu
+# checkpoints and restores containers (it cannot on the host's kernel), and runs iptables-save,
+# iptables-restore (network lock) and ip on the container's network namespace.
+GUEST_PACKAGES = ("apparmor", "criu", "iptables")
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
 IMAGE_SIZE = "3G"
 TEST_USER = "tester"
 TEST_UID = 1000
 # A whole guest run under TCG, including the tests; qemu is killed after it. The guest parts grew
-# (AppArmor, check): about 5 minutes on a quiet machine, much more when other VMs share the cores.
-BOOT_TIMEOUT = float(os.environ.get("PYOUKI_VM_TIMEOUT") or 900)
+# (AppArmor, check, criu): 5-6 minutes on a quiet machine, ~11 when other VMs share the cores.
+BOOT_TIMEOUT = float(os.environ.get("PYOUKI_VM_TIMEOUT") or 1260)
 # Legacy hardware qemu's default machine still probes (most is gone with -nodefaults).
 BLACKLIST = ("floppy", "parport", "parport_pc", "pcspkr", "bochs", "bochs_drm", "ata_piix", "pata_acpi",
              "ata_generic", "i2c_piix4", "kvm", "kvm_amd", "kvm_intel", "sr_mod", "cdrom", "joydev",
@@ -236,6 +239,8 @@ def _stage_share(share: Path) -> None:
         "# Written by tests/vm/vm.py: run the guest tests, keep their output, results in /share.\n"
         "cd /share/src\n"
         "export PYTHONPATH=/share/src PYTHONDONTWRITEBYTECODE=1 PYOUKI_BUSYBOX=/share/busybox\n"
+        # a subset of the guest's parts, to work on one (the full run needs them all)
+        f"export PYOUKI_VM_PARTS={shlex.quote(os.environ.get('PYOUKI_VM_PARTS', ''))}\n"
         "python3 -u tests/vm/guest.py /share/results.json > /share/guest.log 2>&1\n"
         "echo $? > /share/guest.rc\n")
 
