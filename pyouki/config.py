@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def load_bundle(bundle: str) -> tuple[str, dict]:
     except FileNotFoundError:
         raise PyoukiError(f"failed to read {path}: no such file or directory") from None
     except OSError as e:
-        raise PyoukiError(f"failed to read {path}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"failed to read {path}: {reason(e)}") from None
     except UnicodeDecodeError as e:
         raise PyoukiError(f"failed to read {path}: not UTF-8 ({e.reason})") from None
     config = parse_json(text, path)

@@ -14,7 +14,7 @@ import os
 
 from pyouki import syscalls as sc
 from pyouki.channel import Channel, fork_child
-from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
+from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError, reason
 from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -69,7 +69,7 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
             with open(opts.process_file, "rb") as f:
                 process = json.load(f)
         except OSError as e:
-            raise PyoukiError(f"--process: failed to read {opts.process_file}: {(e.strerror or '').lower()}") from None
+            raise PyoukiError(f"--process: failed to read {opts.process_file}: {reason(e)}") from None
         except ValueError as e:
             raise PyoukiError(f"--process: failed to parse {opts.process_file}: {e}") from None
         if not isinstance(process, dict):
@@ -165,7 +165,7 @@ def set_affinity(cpus: list[int], field: str) -> None:
     try:
         os.sched_setaffinity(0, cpus)
     except OSError as e:
-        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {reason(e)}") from None
 
 
 def _check_process(process: dict) -> None:
@@ -218,7 +218,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         for _, fd, _ in ns_fds:
             os.close(fd)
         raise PyoukiError(f"failed to open the namespaces of container {container.id}: "
-                          f"{(e.strerror or '').lower()}") from None
+                          f"{reason(e)}") from None
     caps = CapabilitySets(process.get("capabilities"))
     seccomp = None
     seccomp_config = (config.get("linux") or {}).get("seccomp")
@@ -383,7 +383,7 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
             try:
                 sc.setns(fd, flag)
             except OSError as e:
-                raise PyoukiError(f"failed to join the {kind} namespace: {(e.strerror or '').lower()}") from None
+                raise PyoukiError(f"failed to join the {kind} namespace: {reason(e)}") from None
             os.close(fd)
             if kind == "user":  # read now: once in the mount namespace, /proc is the container's
                 allowed = init.setgroups_allowed()
@@ -427,7 +427,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
     except PyoukiError as e:
         up.send("error", str(e))
     except OSError as e:
-        up.send("error", f"exec failed: {(e.strerror or str(e)).lower()}")
+        up.send("error", f"exec failed: {reason(e)}")
     except BaseException as e:  # noqa: BLE001
         up.send("error", f"exec failed: {e}")
     os._exit(127)

@@ -12,7 +12,7 @@ import time
 
 from pyouki import log, notify
 from pyouki.enginewords import NOT_EXIST, NOT_RUNNING
-from pyouki.errors import ContainerError, ContainerNotFound, ContainerNotRunning, PyoukiError
+from pyouki.errors import ContainerError, ContainerNotFound, ContainerNotRunning, PyoukiError, reason
 from pyouki.signals import parse_signal
 from pyouki.state import Container, list_ids
 
@@ -37,7 +37,7 @@ def start(root: str, container_id: str, notify_socket: str | None = None) -> Non
             fd = os.open(container.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:  # ENXIO: nobody holds the fifo, init is gone
             raise ContainerError(f"cannot start container {container_id}: its init process is gone "
-                                 f"({(e.strerror or '').lower()})") from None
+                                 f"({reason(e)})") from None
         try:
             if container.record.get("notify") and target:
                 # bound before the process runs, so its first READY= is not lost
@@ -104,7 +104,7 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
             _signal(pid, signum)
         except OSError as e:
             raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
-                              f"{(e.strerror or '').lower()}") from None
+                              f"{reason(e)}") from None
     if status == "paused" and signum == 9:
         # a frozen process only dies once thawed (cgroup v1): runc thaws after a SIGKILL, so the
         # engine waiting for the exit (podman's exit file, containerd's task) sees it
@@ -132,7 +132,7 @@ def _kill_cgroup(container: Container, manager, signum: int) -> None:  # type: i
         manager.kill_all(signum)
     except OSError as e:
         raise PyoukiError(f"failed to send signal {signum} to the processes of container {container.id}: "
-                          f"{(e.strerror or '').lower()}") from None
+                          f"{reason(e)}") from None
     if paused and signum != 9:
         # kill_all thaws after signalling; keep a paused container paused (a KILL must thaw to act)
         manager.freeze()

@@ -12,7 +12,7 @@ import re
 
 from pyouki import log
 from pyouki.enginewords import NOT_RUNNING
-from pyouki.errors import ContainerNotRunning, PyoukiError
+from pyouki.errors import ContainerNotRunning, PyoukiError, reason
 from pyouki.lifecycle import cgroup_manager, load
 
 # docker's units.RAMInBytes: a number, an optional binary unit (k, m, g, t, p), optional "i"/"b".
@@ -110,7 +110,7 @@ def read_resources(path: str) -> dict:
             with open(path, "rb") as f:
                 data = f.read()
     except OSError as e:
-        raise PyoukiError(f"--resources: failed to read {where}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"--resources: failed to read {where}: {reason(e)}") from None
     try:
         resources = json.loads(data) if data.strip() else {}
     except ValueError as e:
