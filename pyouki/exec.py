@@ -14,7 +14,7 @@ import os
 
 from pyouki import syscalls as sc
 from pyouki.channel import Channel, fork_child
-from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError, reason
+from pyouki.errors import PyoukiError, reason
 from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
@@ -120,11 +120,7 @@ def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int,
     It is the caller's child only if the caller is a subreaper while this runs (the process is
     forked by an intermediate that exits); nothing here waits for it or touches signals."""
     container = Container(root, container_id).load()
-    status = container.status()
-    if status == "paused" and not opts.ignore_paused:
-        raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's words
-    if status not in ("running", "created", "paused"):
-        raise ContainerNotRunning(f"cannot exec in container {container_id}: it is {status}")
+    container.can_exec(opts.ignore_paused)
     config = container.config()
     from pyouki import lsm
 
