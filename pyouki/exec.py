@@ -21,10 +21,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from pyouki.execstub import ExecStub
 
-# the /proc/PID/ns names, in join order (user first: it grants the rights for the others)
-NS_JOIN = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("pid", "pid"),
-           ("cgroup", "cgroup"), ("time", "time"), ("mount", "mnt"))
-
 
 class ExecOptions:
     """runc's exec flags."""
@@ -123,9 +119,10 @@ def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int,
     container.can_exec(opts.ignore_paused)
     config = container.config()
     from pyouki import lsm
+    from pyouki.config import check_process
 
     process = lsm.inherit(build_process(config, opts), config)
-    _check_process(process)
+    check_process(process)
     lsm.check(process)
     if opts.cgroup:
         from pyouki.cgroups.sub import parse
@@ -164,24 +161,6 @@ def set_affinity(cpus: list[int], field: str) -> None:
         raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {reason(e)}") from None
 
 
-def _check_process(process: dict) -> None:
-    from pyouki.config import UNSUPPORTED_PROCESS_FIELDS
-
-    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
-        if key in process:
-            raise PyoukiError(f"process.{key}: {why}")
-    if "username" in (process.get("user") or {}):
-        raise PyoukiError("process.user.username: windows only: on linux the user is process.user.uid")
-    for key in ("initial", "final"):
-        cpu_affinity(process, key)
-    args = process.get("args")
-    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
-        raise PyoukiError("process.args: must be a non-empty array of strings")
-    cwd = process.get("cwd") or "/"
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise PyoukiError(f"process.cwd: {cwd!r} is not an absolute path")
-
-
 def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> tuple[int, int]:
     # everything the child needs is imported now: after joining the mount namespace the host's
     # Python library is out of reach
@@ -190,23 +169,22 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     from pyouki import init  # noqa: F401  (brings what the child uses: pyouki.process, prctl, resource)
     from pyouki.caps import CapabilitySets
     from pyouki.channel import pipe_pair
-    from pyouki.config import namespaces
+    from pyouki.config import NS_FILES, namespaces
     from pyouki.create import kill_and_reap, write_pid_file
+    from pyouki.init import JOIN_ORDER, NS_FLAGS
 
     init_pid = container.pid
     if not os.path.exists(container.fifo_path):
         _wait_for_exec(init_pid)
     kinds = namespaces(config)
     ns_fds: list[tuple[str, int, int]] = []
-    flags = {"user": sc.CLONE_NEWUSER, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "network": sc.CLONE_NEWNET,
-             "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME, "mount": sc.CLONE_NEWNS}
     try:
-        for kind, name in NS_JOIN:
+        for kind in JOIN_ORDER:
             if kind in kinds:
-                path = f"/proc/{init_pid}/ns/{name}"
+                path = f"/proc/{init_pid}/ns/{NS_FILES[kind]}"
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
                     continue  # already there (a container without its own user namespace)
-                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), flags[kind]))
+                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[kind]))
         if "mount" not in kinds:
             # the host's mount table is shared: the container's root is init's chroot, entered last
             ns_fds.append(("root", os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0))

@@ -21,7 +21,7 @@ from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
 from pyouki.channel import Channel, fork_child
-from pyouki.config import namespaces
+from pyouki.config import NS_FILES, namespaces
 from pyouki.errors import PyoukiError, reason
 from pyouki.execstub import ExecStub, script_interpreter
 from pyouki.mounts import CgroupView, cgroup_hierarchies
@@ -38,8 +38,7 @@ NS_FLAGS = {
     "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
     "network": sc.CLONE_NEWNET, "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
 }
-# join order: the user namespace first, so the others are joined with its privileges; mount last
-JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+JOIN_ORDER = tuple(NS_FILES)  # user first, mount last (see config.NS_FILES)
 
 
 class Plan:
