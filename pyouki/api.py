@@ -127,7 +127,7 @@ class Runtime:
                 no_new_keyring=no_new_keyring, rootless=self.rootless, systemd_cgroup=self.systemd_cgroup,
                 cgroups=self.cgroups, stdio=_stdio(stdin, stdout, stderr), listen_fds=0, notify_socket="",
             )
-            with _subreaper():
+            with _subreaper(), _spawn_lock:
                 # foreground: a terminal without a console socket is handed to us, not refused
                 made = create(opts, foreground=console_socket is None)
         return Container(self, id, record=made.record, console=made.console_master)
@@ -368,7 +368,7 @@ class Container:
             tty=tty, console_socket=console_socket, ignore_paused=ignore_paused,
             stdio=_stdio(stdin, stdout, stderr), listen_fds=0,
         )
-        with _errors(), _subreaper():
+        with _errors(), _subreaper(), _spawn_lock:
             pid, master = start_process(self._root, self.id, opts)
         return Process(pid, master)
 
@@ -448,6 +448,10 @@ def spec(rootless: bool = False) -> dict[str, Any]:
 # -- helpers ------------------------------------------------------------------------------------
 
 _reaper_lock = threading.Lock()
+# create and exec of one process fork one at a time: a forked helper inherits every fd open at
+# the fork, so it would hold another thread's channel pipes, and that thread would wait for an
+# end-of-file that only comes when this helper ends (two creates could wait for each other)
+_spawn_lock = threading.Lock()
 _reaper_users = 0
 _reaper_was_set = False
 

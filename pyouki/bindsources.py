@@ -19,7 +19,7 @@ import stat
 
 from pyouki import idmapmount
 from pyouki import syscalls as sc
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 # mounts[i] -> (detached clone of its source, whether the source is a directory), inherited by init
 PREPARED: dict[str, tuple[int, bool]] = {}
@@ -42,19 +42,19 @@ def prepare(config: dict, bundle: str) -> None:
             except FileNotFoundError:
                 raise PyoukiError(f"{field}.source: bind source {source} does not exist") from None
             except OSError as e:
-                raise PyoukiError(f"{field}.source: cannot reach {source}: {(e.strerror or str(e)).lower()}") from None
+                raise PyoukiError(f"{field}.source: cannot reach {source}: {reason(e)}") from None
             recursive = "rbind" in options
             try:
                 fd = sc.open_tree_clone(source, recursive)
             except OSError as e:
                 raise PyoukiError(f"{field}.source: failed to open {source}: "
-                                  f"{(e.strerror or str(e)).lower()}") from None
+                                  f"{reason(e)}") from None
             PREPARED[field] = (fd, is_dir)
             try:
                 sc.mount_setattr_fd(fd, propagation=propagation, recursive=recursive)
             except OSError as e:
                 raise PyoukiError(f"{field}: failed to set the propagation of the clone of {source}: "
-                                  f"{(e.strerror or str(e)).lower()}") from None
+                                  f"{reason(e)}") from None
     except BaseException:
         close_all()
         raise

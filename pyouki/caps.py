@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
@@ -95,7 +95,7 @@ class CapabilitySets:
                     prctl.capbset_drop(cap)
                 except OSError as e:
                     raise PyoukiError(
-                        f"failed to drop {CAPABILITIES[cap]} from the bounding set: {(e.strerror or '').lower()}"
+                        f"failed to drop {CAPABILITIES[cap]} from the bounding set: {reason(e)}"
                     ) from None
 
     def apply(self) -> None:
@@ -113,7 +113,7 @@ class CapabilitySets:
                 [c for c in self.all if c not in inh],
             )
         except OSError as e:
-            raise PyoukiError(f"failed to set process capabilities: {(e.strerror or '').lower()}") from None
+            raise PyoukiError(f"failed to set process capabilities: {reason(e)}") from None
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
         for cap in self.ambient:
             try:

@@ -348,7 +348,9 @@ def _runtime_dir(caller: Caller) -> Result:
     try:
         st = os.stat(value)
     except OSError as e:
-        return Result(name, "fail", f"{value}: {(e.strerror or str(e)).lower()}", create)
+        from pyouki.errors import reason
+
+        return Result(name, "fail", f"{value}: {reason(e)}", create)
     if not stat.S_ISDIR(st.st_mode):
         return Result(name, "fail", f"{value} is not a directory", create)
     if st.st_uid != caller.uid:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
@@ -26,6 +26,11 @@ UNSUPPORTED_PROCESS_FIELDS = {
     "commandLine": "windows only: on linux the command is process.args",
 }
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
+# the one namespace table of create and exec: each type's file under /proc/PID/ns, in the order
+# they are joined (the user namespace first, so the others are joined with its privileges; mount
+# last, as it hides the host's /proc). Their clone flags: init.NS_FLAGS.
+NS_FILES = {"user": "user", "ipc": "ipc", "uts": "uts", "network": "net", "pid": "pid", "cgroup": "cgroup",
+            "time": "time", "mount": "mnt"}
 
 
 class _ScannerContext:
@@ -84,7 +89,7 @@ def load_bundle(bundle: str) -> tuple[str, dict]:
     except FileNotFoundError:
         raise PyoukiError(f"failed to read {path}: no such file or directory") from None
     except OSError as e:
-        raise PyoukiError(f"failed to read {path}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"failed to read {path}: {reason(e)}") from None
     except UnicodeDecodeError as e:
         raise PyoukiError(f"failed to read {path}: not UTF-8 ({e.reason})") from None
     config = parse_json(text, path)
@@ -156,23 +161,10 @@ def _check_string(text: str, field: str, what: str = "") -> None:
             raise ConfigError(field, f"{what}is not valid unicode (a lone surrogate)") from None
 
 
-def validate(config: dict, bundle: str, rootless: bool) -> str:
-    """Check the fields pyouki relies on; return the absolute rootfs path."""
-    check_strings(config)
-    if not isinstance(config.get("ociVersion"), str):
-        raise ConfigError("ociVersion", "must be a string")
-    root = _expect(config.get("root"), dict, "root")
-    root_path = _expect(root.get("path"), str, "root.path")
-    rootfs = os.path.join(bundle, root_path)
-    if not os.path.isdir(rootfs):
-        raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
-    _optional(root, "readonly", bool, "root")
-
-    for platform in OTHER_PLATFORMS:
-        if platform in config:
-            raise ConfigError(platform, f"a {platform} container's settings: pyouki runs linux containers")
-
-    process = _expect(config.get("process"), dict, "process")
+def check_process(process: dict) -> None:
+    """Check a process object: config.json's `process` at create, and at exec the --process file
+    or the container's process with exec's flags applied, so both refuse the same things in the
+    same words (each naming its JSON path)."""
     for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
         if key in process:
             raise ConfigError(f"process.{key}", why)
@@ -228,6 +220,26 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
     oom = _optional(process, "oomScoreAdj", int, "process")
     if oom is not None and not -1000 <= oom <= 1000:
         raise ConfigError("process.oomScoreAdj", "must be between -1000 and 1000")
+
+
+def validate(config: dict, bundle: str, rootless: bool) -> str:
+    """Check the fields pyouki relies on; return the absolute rootfs path."""
+    check_strings(config)
+    if not isinstance(config.get("ociVersion"), str):
+        raise ConfigError("ociVersion", "must be a string")
+    root = _expect(config.get("root"), dict, "root")
+    root_path = _expect(root.get("path"), str, "root.path")
+    rootfs = os.path.join(bundle, root_path)
+    if not os.path.isdir(rootfs):
+        raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
+    _optional(root, "readonly", bool, "root")
+
+    for platform in OTHER_PLATFORMS:
+        if platform in config:
+            raise ConfigError(platform, f"a {platform} container's settings: pyouki runs linux containers")
+
+    process = _expect(config.get("process"), dict, "process")
+    check_process(process)
     from pyouki import procattrs  # process.scheduler/ioPriority, linux.personality/memoryPolicy
 
     procattrs.check(config)
@@ -370,7 +382,7 @@ def check_sysctl(key: str, nss: dict[str, str | None]) -> None:
 
 def _is_host_namespace(kind: str, path: str) -> bool:
     """True when the namespace file at path is this process's or init's namespace of that kind."""
-    name = {"network": "net"}.get(kind, kind)
+    name = NS_FILES[kind]
     try:
         st = os.stat(path)
     except OSError:

@@ -15,11 +15,7 @@ import socket
 import struct
 import termios
 
-from pyouki.errors import PyoukiError
-
-
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
+from pyouki.errors import PyoukiError, reason
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -36,7 +32,7 @@ def setup_in_container(sock: socket.socket, size: dict | None, uid: int) -> None
     try:
         master, slave = os.openpty()
     except OSError as e:
-        raise PyoukiError(f"process.terminal: failed to open a pty in the container: {_reason(e)}") from None
+        raise PyoukiError(f"process.terminal: failed to open a pty in the container: {reason(e)}") from None
     try:
         name = os.ttyname(slave)
         os.fchown(slave, uid, -1)
@@ -47,7 +43,7 @@ def setup_in_container(sock: socket.socket, size: dict | None, uid: int) -> None
             os.dup2(slave, fd)
         socket.send_fds(sock, [name.encode()], [master])
     except OSError as e:
-        raise PyoukiError(f"process.terminal: failed to set up the container's terminal: {_reason(e)}") from None
+        raise PyoukiError(f"process.terminal: failed to set up the container's terminal: {reason(e)}") from None
     finally:
         os.close(master)
         if slave > 2:
@@ -76,7 +72,7 @@ def send_to_console_socket(path: str, master: int) -> None:
         conn.connect(path)
         socket.send_fds(conn, [b"/dev/ptmx"], [master])
     except OSError as e:
-        raise PyoukiError(f"--console-socket: failed to send the terminal to {path}: {_reason(e)}") from None
+        raise PyoukiError(f"--console-socket: failed to send the terminal to {path}: {reason(e)}") from None
     finally:
         conn.close()
 

@@ -30,7 +30,7 @@ import subprocess
 
 from pyouki import log
 from pyouki.enginewords import EXISTS, NOT_RUNNING
-from pyouki.errors import ContainerError, PyoukiError
+from pyouki.errors import ContainerError, PyoukiError, reason
 
 DESCRIPTORS = "descriptors.json"  # runc's name: engines (podman) copy image directories around
 DUMP_LOG = "dump.log"
@@ -102,7 +102,7 @@ def _mkdir(path: str, what: str) -> None:
     try:
         os.makedirs(path, 0o700, exist_ok=True)
     except OSError as e:
-        raise PyoukiError(f"{what}: cannot create {path}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"{what}: cannot create {path}: {reason(e)}") from None
 
 
 def criu_error(log_path: str) -> str:
@@ -129,18 +129,18 @@ def _run_criu(argv: list[str], log_path: str, verb: str, pass_fds: tuple[int, ..
         res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              pass_fds=pass_fds, close_fds=True)
     except OSError as e:
-        raise PyoukiError(f"{verb}: cannot run {argv[0]}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"{verb}: cannot run {argv[0]}: {reason(e)}") from None
     if res.returncode != 0:
         raise PyoukiError(_failure(verb, log_path, res.stderr))
 
 
 def _failure(verb: str, log_path: str, stderr: bytes | str) -> str:
-    reason = criu_error(log_path)
-    if not reason:
+    why = criu_error(log_path)
+    if not why:
         text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
         tail = [line for line in text.strip().splitlines() if line.strip()]
-        reason = tail[-1].strip() if tail else "no reason given"
-    return f"{verb} failed: criu: {reason} (log: {log_path})"
+        why = tail[-1].strip() if tail else "no reason given"
+    return f"{verb} failed: criu: {why} (log: {log_path})"
 
 
 # -- external mounts, namespaces --------------------------------------------------------------
@@ -285,7 +285,7 @@ def _dump(criu: str, container, config: dict, opts: CriuOptions) -> None:  # typ
             try:
                 ino = os.stat(path).st_ino
             except OSError as e:
-                raise PyoukiError(f"linux.namespaces: {kind} namespace {path}: {(e.strerror or '').lower()}") from None
+                raise PyoukiError(f"linux.namespaces: {kind} namespace {path}: {reason(e)}") from None
             args += ["--external", f"{'net' if kind == 'network' else kind}[{ino}]:{_external_ns_key(kind)}"]
     if not opts.pre_dump:
         pid = container.pid
@@ -419,7 +419,7 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as e:
                     raise PyoukiError(f"linux.namespaces: {kind} namespace {path}: "
-                                      f"{(e.strerror or '').lower()}") from None
+                                      f"{reason(e)}") from None
                 keep.append(fd)
                 args += ["--inherit-fd", f"fd[{fd}]:{_external_ns_key(kind)}"]
             elif kind in _CRIU_NS:

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from pyouki.errors import ContainerNotRunning, PyoukiError
+from pyouki.errors import PyoukiError
 from pyouki.jsonout import dumps
 from pyouki.lifecycle import cgroup_manager, load
 
@@ -118,8 +118,7 @@ def events(root: str, container_id: str, interval: float, stats_only: bool) -> N
 def event_stream(root: str, container_id: str, interval: float, stats_only: bool) -> Iterator[dict]:
     """The events `events` prints, as dicts: checked now, produced as the iterator is consumed."""
     container = load(root, container_id)
-    if container.status() == "stopped":
-        raise ContainerNotRunning(f"cannot get events of container {container_id}: it is not running")
+    container.require_live("get events of")
     manager = cgroup_manager(container, "get events of")
     return _stream(container, manager, interval, stats_only)
 

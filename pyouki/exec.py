@@ -14,16 +14,12 @@ import os
 
 from pyouki import syscalls as sc
 from pyouki.channel import Channel, fork_child
-from pyouki.errors import ContainerError, ContainerNotRunning, PyoukiError
+from pyouki.errors import PyoukiError, reason
 from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     from pyouki.execstub import ExecStub
-
-# the /proc/PID/ns names, in join order (user first: it grants the rights for the others)
-NS_JOIN = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"), ("pid", "pid"),
-           ("cgroup", "cgroup"), ("time", "time"), ("mount", "mnt"))
 
 
 class ExecOptions:
@@ -69,7 +65,7 @@ def build_process(config: dict, opts: ExecOptions) -> dict:
             with open(opts.process_file, "rb") as f:
                 process = json.load(f)
         except OSError as e:
-            raise PyoukiError(f"--process: failed to read {opts.process_file}: {(e.strerror or '').lower()}") from None
+            raise PyoukiError(f"--process: failed to read {opts.process_file}: {reason(e)}") from None
         except ValueError as e:
             raise PyoukiError(f"--process: failed to parse {opts.process_file}: {e}") from None
         if not isinstance(process, dict):
@@ -120,16 +116,13 @@ def start_process(root: str, container_id: str, opts: ExecOptions) -> tuple[int,
     It is the caller's child only if the caller is a subreaper while this runs (the process is
     forked by an intermediate that exits); nothing here waits for it or touches signals."""
     container = Container(root, container_id).load()
-    status = container.status()
-    if status == "paused" and not opts.ignore_paused:
-        raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's words
-    if status not in ("running", "created", "paused"):
-        raise ContainerNotRunning(f"cannot exec in container {container_id}: it is {status}")
+    container.can_exec(opts.ignore_paused)
     config = container.config()
     from pyouki import lsm
+    from pyouki.config import check_process
 
     process = lsm.inherit(build_process(config, opts), config)
-    _check_process(process)
+    check_process(process)
     lsm.check(process)
     if opts.cgroup:
         from pyouki.cgroups.sub import parse
@@ -165,25 +158,7 @@ def set_affinity(cpus: list[int], field: str) -> None:
     try:
         os.sched_setaffinity(0, cpus)
     except OSError as e:
-        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {(e.strerror or str(e)).lower()}") from None
-
-
-def _check_process(process: dict) -> None:
-    from pyouki.config import UNSUPPORTED_PROCESS_FIELDS
-
-    for key, why in UNSUPPORTED_PROCESS_FIELDS.items():
-        if key in process:
-            raise PyoukiError(f"process.{key}: {why}")
-    if "username" in (process.get("user") or {}):
-        raise PyoukiError("process.user.username: windows only: on linux the user is process.user.uid")
-    for key in ("initial", "final"):
-        cpu_affinity(process, key)
-    args = process.get("args")
-    if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
-        raise PyoukiError("process.args: must be a non-empty array of strings")
-    cwd = process.get("cwd") or "/"
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise PyoukiError(f"process.cwd: {cwd!r} is not an absolute path")
+        raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {reason(e)}") from None
 
 
 def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> tuple[int, int]:
@@ -194,23 +169,22 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     from pyouki import init  # noqa: F401  (brings what the child uses: pyouki.process, prctl, resource)
     from pyouki.caps import CapabilitySets
     from pyouki.channel import pipe_pair
-    from pyouki.config import namespaces
+    from pyouki.config import NS_FILES, namespaces
     from pyouki.create import kill_and_reap, write_pid_file
+    from pyouki.init import JOIN_ORDER, NS_FLAGS
 
     init_pid = container.pid
     if not os.path.exists(container.fifo_path):
         _wait_for_exec(init_pid)
     kinds = namespaces(config)
     ns_fds: list[tuple[str, int, int]] = []
-    flags = {"user": sc.CLONE_NEWUSER, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "network": sc.CLONE_NEWNET,
-             "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME, "mount": sc.CLONE_NEWNS}
     try:
-        for kind, name in NS_JOIN:
+        for kind in JOIN_ORDER:
             if kind in kinds:
-                path = f"/proc/{init_pid}/ns/{name}"
+                path = f"/proc/{init_pid}/ns/{NS_FILES[kind]}"
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
                     continue  # already there (a container without its own user namespace)
-                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), flags[kind]))
+                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[kind]))
         if "mount" not in kinds:
             # the host's mount table is shared: the container's root is init's chroot, entered last
             ns_fds.append(("root", os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0))
@@ -218,7 +192,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
         for _, fd, _ in ns_fds:
             os.close(fd)
         raise PyoukiError(f"failed to open the namespaces of container {container.id}: "
-                          f"{(e.strerror or '').lower()}") from None
+                          f"{reason(e)}") from None
     caps = CapabilitySets(process.get("capabilities"))
     seccomp = None
     seccomp_config = (config.get("linux") or {}).get("seccomp")
@@ -383,7 +357,7 @@ def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: objec
             try:
                 sc.setns(fd, flag)
             except OSError as e:
-                raise PyoukiError(f"failed to join the {kind} namespace: {(e.strerror or '').lower()}") from None
+                raise PyoukiError(f"failed to join the {kind} namespace: {reason(e)}") from None
             os.close(fd)
             if kind == "user":  # read now: once in the mount namespace, /proc is the container's
                 allowed = init.setgroups_allowed()
@@ -427,7 +401,7 @@ def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # ty
     except PyoukiError as e:
         up.send("error", str(e))
     except OSError as e:
-        up.send("error", f"exec failed: {(e.strerror or str(e)).lower()}")
+        up.send("error", f"exec failed: {reason(e)}")
     except BaseException as e:  # noqa: BLE001
         up.send("error", f"exec failed: {e}")
     os._exit(127)

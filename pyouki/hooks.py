@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 # the longest timeout the wait can express: poll(2) takes milliseconds in an int (about 24 days)
 MAX_TIMEOUT = 2**31 // 1000 - 1
@@ -89,7 +89,7 @@ def run(config: dict, phase: str, state: dict, *, cwd: str | None = None,
         except subprocess.TimeoutExpired:
             raise PyoukiError(f"{field}: hook {path} timed out after {hook['timeout']} s") from None
         except OSError as e:
-            raise PyoukiError(f"{field}: failed to run hook {path}: {(e.strerror or str(e)).lower()}") from None
+            raise PyoukiError(f"{field}: failed to run hook {path}: {reason(e)}") from None
         if result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines()
             detail = f": {lines[-1].rstrip('.')}" if lines else ""

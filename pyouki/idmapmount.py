@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 from pyouki import syscalls as sc
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 OPTIONS = ("idmap", "ridmap")
 
@@ -115,7 +115,7 @@ def prepare(config: dict, bundle: str) -> None:
                 sc.mount_setattr_fd(fd, propagation=clone_propagation(config), recursive=rbind)
             except OSError as e:
                 raise PyoukiError(f"{field}: failed to set the propagation of the mount of {source}: "
-                                  f"{(e.strerror or str(e)).lower()}") from None
+                                  f"{reason(e)}") from None
     except BaseException:
         close_all()
         raise
@@ -129,13 +129,13 @@ def _idmapped_tree(source: str, userns_fd: int, recursive: bool, rbind: bool, fi
         fd = sc.open_tree_clone(source, rbind)
     except OSError as e:
         raise PyoukiError(f"{field}.source: failed to open {source} for an idmapped mount: "
-                          f"{(e.strerror or str(e)).lower()}") from None
+                          f"{reason(e)}") from None
     try:
         sc.mount_setattr_idmap(fd, userns_fd, recursive)
     except OSError as e:
         os.close(fd)
         hint = " (the filesystem of the source does not support idmapped mounts)" if e.errno == 22 else ""
-        raise PyoukiError(f"{field}: failed to idmap the mount of {source}: {(e.strerror or str(e)).lower()}"
+        raise PyoukiError(f"{field}: failed to idmap the mount of {source}: {reason(e)}"
                           f"{hint}") from None
     return fd
 
@@ -151,7 +151,7 @@ def _open_userns(path: str | None, uid_maps: list[dict], gid_maps: list[dict], f
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise PyoukiError(f"{field}.options: failed to open the user namespace {path}: "
-                              f"{(e.strerror or str(e)).lower()}") from None
+                              f"{reason(e)}") from None
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     done_r, done_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -177,7 +177,7 @@ def _open_userns(path: str | None, uid_maps: list[dict], gid_maps: list[dict], f
                     f.write(format_map(maps))
             except OSError as e:
                 raise PyoukiError(f"{field}.{key}: failed to map the ids for the idmapped mount: "
-                                  f"{(e.strerror or str(e)).lower()}") from None
+                                  f"{reason(e)}") from None
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(ready_r)

@@ -21,8 +21,8 @@ from pyouki import rootfs as fs
 from pyouki import syscalls as sc
 from pyouki.caps import CapabilitySets
 from pyouki.channel import Channel, fork_child
-from pyouki.config import namespaces
-from pyouki.errors import PyoukiError
+from pyouki.config import NS_FILES, namespaces
+from pyouki.errors import PyoukiError, reason
 from pyouki.execstub import ExecStub, script_interpreter
 from pyouki.mounts import CgroupView, cgroup_hierarchies
 from pyouki.process import environment, home_of, resolve_executable, set_rlimits, set_user
@@ -38,8 +38,7 @@ NS_FLAGS = {
     "user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
     "network": sc.CLONE_NEWNET, "pid": sc.CLONE_NEWPID, "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME,
 }
-# join order: the user namespace first, so the others are joined with its privileges; mount last
-JOIN_ORDER = ("user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount")
+JOIN_ORDER = tuple(NS_FILES)  # user first, mount last (see config.NS_FILES)
 
 
 class Plan:
@@ -97,7 +96,7 @@ class Plan:
                     fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as e:
                     raise PyoukiError(f"linux.namespaces[{i}].path: failed to open {path}: "
-                                      f"{(e.strerror or '').lower()}") from None
+                                      f"{reason(e)}") from None
         return fds
 
 
@@ -134,11 +133,7 @@ def check_preserved_fds(count: int, first: int, own: int = -1) -> None:
             os.stat(f"/proc/self/fd/{fd}")
         except OSError as e:
             raise PyoukiError(f"--preserve-fds: unable to stat preserved-fd {i} (of {count}): "
-                              f"stat /proc/self/fd/{fd}: {_reason(e)}") from None
-
-
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
+                              f"stat /proc/self/fd/{fd}: {reason(e)}") from None
 
 
 def _die_with(parent_pid: int) -> None:
@@ -165,13 +160,13 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
                     sc.setns(plan.ns_fds[kind], NS_FLAGS[kind])
                 except OSError as e:
                     raise PyoukiError(f"failed to join the {kind} namespace at {plan.namespaces[kind]}: "
-                                      f"{_reason(e)}") from None
+                                      f"{reason(e)}") from None
                 os.close(plan.ns_fds.pop(kind))
         if plan.new_userns:
             try:
                 sc.unshare(sc.CLONE_NEWUSER)
             except OSError as e:
-                raise PyoukiError(f"failed to create a user namespace: {_reason(e)}") from None
+                raise PyoukiError(f"failed to create a user namespace: {reason(e)}") from None
         up.send("map")
         verb, arg = down.receive()
         if verb != "mapped":
@@ -197,7 +192,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
             sc.unshare(flags)
         except OSError as e:
             names = ", ".join(k for k, p in plan.namespaces.items() if p is None and k != "user")
-            raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {_reason(e)}") from None
+            raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {reason(e)}") from None
         if "network" in plan.namespaces and plan.namespaces["network"] is None:
             try:
                 sc.set_link_up("lo")  # a new network namespace starts with lo down; runc brings it up
@@ -218,7 +213,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
     except PyoukiError as e:
         up.send("error", str(e))
     except OSError as e:
-        up.send("error", f"container set-up failed: {_reason(e)}")
+        up.send("error", f"container set-up failed: {reason(e)}")
     except BaseException as e:  # noqa: BLE001 - anything else must still reach the caller as one line
         up.send("error", f"container set-up failed: {e}")
     os._exit(1)
@@ -238,7 +233,7 @@ def _write_oom_score_adj(value: int) -> None:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(value))
     except OSError as e:
-        raise PyoukiError(f"process.oomScoreAdj: failed to set {value}: {_reason(e)}") from None
+        raise PyoukiError(f"process.oomScoreAdj: failed to set {value}: {reason(e)}") from None
 
 
 def _write_time_offsets(offsets: dict) -> None:
@@ -255,7 +250,7 @@ def _write_time_offsets(offsets: dict) -> None:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write(line)
     except OSError as e:
-        raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {_reason(e)}") from None
+        raise PyoukiError(f"linux.timeOffsets: failed to write time namespace offsets: {reason(e)}") from None
     finally:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
 
@@ -301,7 +296,7 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
     except PyoukiError as e:
         _report(up, str(e))
     except OSError as e:
-        _report(up, f"container init failed: {_reason(e)}")
+        _report(up, f"container init failed: {reason(e)}")
     except BaseException as e:  # noqa: BLE001
         _report(up, f"container init failed: {e}")
     os._exit(127)
@@ -320,7 +315,7 @@ def _new_session_keyring(container_id: str) -> None:
         sc.join_session_keyring(f"_ses.{container_id}")
     except OSError as e:
         if e.errno not in (1, 13, 38):  # EPERM/EACCES/ENOSYS: keyrings unavailable here; runc goes on too
-            raise PyoukiError(f"failed to create a session keyring: {_reason(e)}") from None
+            raise PyoukiError(f"failed to create a session keyring: {reason(e)}") from None
 
 
 def _report(up: Channel, message: str) -> None:
@@ -433,7 +428,7 @@ def enter_cwd(cwd: str, retry_later: bool = False) -> bool:
             return False
         raise PyoukiError(f"process.cwd: failed to change to {cwd}: permission denied") from None
     except OSError as e:
-        raise PyoukiError(f"process.cwd: failed to change to {cwd}: {_reason(e)}") from None
+        raise PyoukiError(f"process.cwd: failed to change to {cwd}: {reason(e)}") from None
     try:
         inside = os.getcwd().startswith("/")  # glibc: ENOENT for the kernel's "(unreachable)/..."
     except OSError:
@@ -462,7 +457,7 @@ def exec_program(process: dict, exe: str, env: dict[str, str], seccomp: SeccompF
     try:
         stub.execute(exe, process["args"], env, filtered=seccomp is not None)
     except OSError as e:
-        _exec_failed(exe, _reason(e))
+        _exec_failed(exe, reason(e))
 
 
 def restore_signals() -> None:
@@ -502,7 +497,7 @@ def _set_name(setter, value: str, field: str) -> None:  # type: ignore[no-untype
     try:
         setter(value)
     except OSError as e:
-        raise PyoukiError(f"{field}: failed to set {value!r}: {_reason(e)}") from None
+        raise PyoukiError(f"{field}: failed to set {value!r}: {reason(e)}") from None
 
 
 def drop_privileges(caps: CapabilitySets, user: dict, setgroups_allowed: bool) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def _write(path: str, data: str, field: str) -> None:
             f.write(data)
     except OSError as e:
         raise ConfigError(field, f"failed to write {data.strip()!r} to {path}: "
-                                 f"{(e.strerror or str(e)).lower()}") from None
+                                 f"{reason(e)}") from None
 
 
 class Rdt:
@@ -153,7 +153,7 @@ class Rdt:
                     self.created = True
                 except OSError as e:
                     raise ConfigError(FIELD, f"failed to create the resctrl group {group}: "
-                                             f"{(e.strerror or str(e)).lower()}") from None
+                                             f"{reason(e)}") from None
             if lines:
                 if self.created:
                     _write(os.path.join(group, "schemata"), "\n".join(lines) + "\n", FIELD)
@@ -164,7 +164,7 @@ class Rdt:
                             existing = f.read()
                     except OSError as e:
                         raise ConfigError(FIELD, f"failed to read {group}/schemata: "
-                                                 f"{(e.strerror or str(e)).lower()}") from None
+                                                 f"{reason(e)}") from None
                     wrong = mismatches(existing, lines)
                     if wrong:
                         raise ConfigError(FIELD, f"the existing resctrl group {group} does not match "
@@ -175,7 +175,7 @@ class Rdt:
                     os.mkdir(mon)
                 except OSError as e:
                     raise ConfigError(f"{FIELD}.enableMonitoring", f"failed to create the MON group {mon}: "
-                                                                   f"{(e.strerror or str(e)).lower()}") from None
+                                                                   f"{reason(e)}") from None
                 self.mon = mon
         except BaseException:
             self.remove()
@@ -198,7 +198,7 @@ class Rdt:
                 except FileNotFoundError:
                     pass
                 except OSError as e:
-                    raise PyoukiError(f"failed to remove the resctrl group {d}: {(e.strerror or '').lower()}") from None
+                    raise PyoukiError(f"failed to remove the resctrl group {d}: {reason(e)}") from None
 
     def to_state(self) -> dict:
         """What the container's record keeps for delete and exec."""

@@ -11,8 +11,8 @@ import os
 import time
 
 from pyouki import log
-from pyouki.enginewords import NOT_EXIST, NOT_RUNNING
-from pyouki.errors import ContainerError, ContainerNotFound, ContainerNotRunning, PyoukiError
+from pyouki.enginewords import NOT_EXIST
+from pyouki.errors import ContainerError, ContainerNotFound, PyoukiError, reason
 from pyouki.state import Container, list_ids
 
 
@@ -30,14 +30,12 @@ def start(root: str, container_id: str, notify_socket: str | None = None) -> Non
     container = load(root, container_id).lock()
     notify_sock = None
     try:
-        status = container.status()
-        if status != "created":
-            raise ContainerError(f"cannot start container {container_id}: it is {status}, not created")
+        container.can_start()
         try:
             fd = os.open(container.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:  # ENXIO: nobody holds the fifo, init is gone
             raise ContainerError(f"cannot start container {container_id}: its init process is gone "
-                                 f"({(e.strerror or '').lower()})") from None
+                                 f"({reason(e)})") from None
         try:
             if container.record.get("notify") and target:
                 from pyouki import notify
@@ -85,11 +83,8 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
 
     signum = parse_signal(signal_text)
     container = load(root, container_id)
-    status = container.status()
+    status = container.can_kill(all_processes)
     if status == "stopped":
-        if not all_processes:
-            # runc's words: engines (containerd's shim, CRI-O) read them as "already stopped"
-            raise ContainerNotRunning(f"cannot kill container {container_id}: {NOT_RUNNING}")
         # like runc, --all is no error on a stopped container (CRI deletes every exited task with
         # `kill --all ID 9`); what is left in its cgroup (children of an init that had no pid
         # namespace of its own) is still signalled. Never the recorded pid: it may be reused.
@@ -110,7 +105,7 @@ def kill(root: str, container_id: str, signal_text: str = "TERM", all_processes:
             _signal(pid, signum)
         except OSError as e:
             raise PyoukiError(f"failed to send signal {signum} to pid {pid} of container {container_id}: "
-                              f"{(e.strerror or '').lower()}") from None
+                              f"{reason(e)}") from None
     if status == "paused" and signum == 9:
         # a frozen process only dies once thawed (cgroup v1): runc thaws after a SIGKILL, so the
         # engine waiting for the exit (podman's exit file, containerd's task) sees it
@@ -138,7 +133,7 @@ def _kill_cgroup(container: Container, manager, signum: int) -> None:  # type: i
         manager.kill_all(signum)
     except OSError as e:
         raise PyoukiError(f"failed to send signal {signum} to the processes of container {container.id}: "
-                          f"{(e.strerror or '').lower()}") from None
+                          f"{reason(e)}") from None
     if paused and signum != 9:
         # kill_all thaws after signalling; keep a paused container paused (a KILL must thaw to act)
         manager.freeze()
@@ -195,11 +190,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
                 return
             raise ContainerNotFound(f"{container_id}: {NOT_EXIST}")
         container.load()
-        status = container.status()
-        if status != "stopped":
-            # like runc, a created container (its process never started) goes without --force
-            if status != "created" and not force:
-                raise ContainerError(f"cannot delete container {container_id} that is not stopped: {status}")
+        if container.can_delete(force) != "stopped":
             _kill_all_and_wait(container)
         config = container.config() if container.record.get("hooks") else None
         state = container.oci_state()

@@ -24,7 +24,7 @@ def json_string(value: str) -> str:
 
 def configure(path: str | None, fmt: str = "text", level: str = "warning", debug: bool = False) -> None:
     """Open the log file (an unusable --log fails the command up front, like runc) and set the format."""
-    from pyouki.errors import PyoukiError
+    from pyouki.errors import PyoukiError, reason
 
     _settings["path"] = path or ""
     if path:
@@ -32,7 +32,7 @@ def configure(path: str | None, fmt: str = "text", level: str = "warning", debug
             _settings["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             _settings["path"] = ""
-            raise PyoukiError(f"failed to open log file {path}: {(e.strerror or str(e)).lower()}") from None
+            raise PyoukiError(f"failed to open log file {path}: {reason(e)}") from None
     _settings["format"] = fmt if fmt in ("text", "json") else "text"
     _settings["level"] = LEVELS["debug"] if debug else LEVELS.get(level, 30)
     _settings["stderr"] = debug and not _settings["path"]
@@ -64,7 +64,9 @@ def log(level: str, msg: str) -> None:
         os.write(2 if to_stderr else _settings["fd"], line.encode())
     except OSError as e:
         if not to_stderr:
-            sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {(e.strerror or '').lower()}\n")
+            from pyouki.errors import reason
+
+            sys.stderr.write(f"pyouki: failed to write log {_settings['path']}: {reason(e)}\n")
 
 
 def debug(msg: str) -> None:

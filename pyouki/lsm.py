@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 from pyouki import syscalls as sc
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 UNCONFINED = "unconfined"
 PROC_SUPER_MAGIC = 0x9FA0
@@ -108,14 +108,14 @@ def _write_attr(lsm: str, value: str, field: str, what: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise PyoukiError(f"{field}: {what}: open {path}: {_reason(e)}") from None
+        raise PyoukiError(f"{field}: {what}: open {path}: {reason(e)}") from None
     try:
         if sc.fstatfs_type(fd) != PROC_SUPER_MAGIC:
             raise PyoukiError(f"{field}: {what}: {path} is not on procfs")
         os.write(fd, value.encode())
     except OSError as e:
         hint = " (is the profile loaded?)" if lsm == "apparmor" and e.errno == 2 else ""
-        raise PyoukiError(f"{field}: {what}: write {path}: {_reason(e)}{hint}") from None
+        raise PyoukiError(f"{field}: {what}: write {path}: {reason(e)}{hint}") from None
     finally:
         os.close(fd)
 
@@ -133,6 +133,3 @@ def set_file_label(path: str, label: str) -> None:
     if label:
         os.setxattr(path, SELINUX_XATTR, label.encode())
 
-
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()

@@ -16,7 +16,7 @@ import stat
 
 from pyouki import bindsources, idmapmount, lsm
 from pyouki import syscalls as sc
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 # option -> (clear, flag)
 FLAGS: dict[str, tuple[bool, int]] = {
@@ -101,11 +101,6 @@ class MountSpec:
 
     def describe(self) -> str:
         return f"{self.type or 'bind'} on {self.destination}"
-
-
-def reason(e: OSError) -> str:
-    """The errno text of an OSError in lowercase, for messages."""
-    return (e.strerror or str(e)).lower()
 
 
 # how every path inside the container is opened: symlinks stay inside the root, and procfs magic

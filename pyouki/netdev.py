@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class NetDevices:
             self.netns_fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
             raise PyoukiError(f"{FIELD}: failed to open the container's network namespace: "
-                              f"{(e.strerror or '').lower()}") from None
+                              f"{reason(e)}") from None
         from pyroute2 import IPRoute
 
         with IPRoute() as host, _ipr_in(self.netns_fd) as inside:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 CONTAINER_DIR = "/run/notify"
 SOCKET_NAME = "notify.sock"
@@ -54,7 +54,7 @@ def bind(state_dir: str):  # type: ignore[no-untyped-def]
         sock.bind(f"/proc/self/fd/{directory}/{SOCKET_NAME}")
     except OSError as e:
         sock.close()
-        raise PyoukiError(f"failed to bind the notify socket {path}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"failed to bind the notify socket {path}: {reason(e)}") from None
     finally:
         if directory >= 0:
             os.close(directory)
@@ -87,6 +87,6 @@ def forward_ready(sock, pid: int, target: str) -> None:  # type: ignore[no-untyp
         out.connect(address)
         out.send(lines[0] + b"\n" + f"MAINPID={pid}\n".encode())
     except OSError as e:
-        raise PyoukiError(f"failed to notify {target}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"failed to notify {target}: {reason(e)}") from None
     finally:
         out.close()

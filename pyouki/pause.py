@@ -6,8 +6,6 @@ The status `paused` is never stored: `state`/`list` derive it from the freezer (
 from __future__ import annotations
 
 from pyouki import log
-from pyouki.enginewords import NOT_PAUSED, NOT_RUNNING
-from pyouki.errors import ContainerNotPaused, ContainerNotRunning
 from pyouki.lifecycle import cgroup_manager, load
 
 
@@ -15,9 +13,7 @@ def pause(root: str, container_id: str) -> None:
     """Freeze a running (or created) container: v1 freezer.state, v2 cgroup.freeze."""
     container = load(root, container_id).lock()
     try:
-        status = container.status()
-        if status not in ("running", "created"):
-            raise ContainerNotRunning(f"cannot pause container {container_id}: {NOT_RUNNING} (it is {status})")
+        container.can_pause()
         cgroup_manager(container, "pause").freeze()
     finally:
         container.unlock()
@@ -28,13 +24,11 @@ def resume(root: str, container_id: str) -> None:
     """Thaw a paused container."""
     container = load(root, container_id).lock()
     try:
-        status = container.status()
-        if status == "stopped":
-            raise ContainerNotPaused(f"cannot resume container {container_id}: {NOT_PAUSED} (it is stopped)")
+        status = container.can_resume()
         manager = cgroup_manager(container, "resume")
         # asked of the freezer, not of status(): a paused created container still reports "created"
         if manager.state() != "frozen":
-            raise ContainerNotPaused(f"cannot resume container {container_id}: {NOT_PAUSED} (it is {status})")
+            raise container.not_paused(status)
         manager.thaw()
     finally:
         container.unlock()

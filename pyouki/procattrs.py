@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}  # PER_LINUX, PER_LINUX32
 
@@ -300,17 +300,13 @@ def apply(process: dict) -> None:
         _apply_io_priority(*attrs.io_priority)
 
 
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
-
-
 def _apply_personality(domain: str, persona: int) -> None:
     from pyouki import syscalls as sc
 
     try:
         sc.personality(persona)
     except OSError as e:
-        raise PyoukiError(f"linux.personality.domain: failed to set {domain}: {_reason(e)}") from None
+        raise PyoukiError(f"linux.personality.domain: failed to set {domain}: {reason(e)}") from None
 
 
 def _apply_memory_policy(mp: _MemoryPolicy) -> None:
@@ -336,7 +332,7 @@ def _apply_memory_policy(mp: _MemoryPolicy) -> None:
         elif e.errno == 22:  # EINVAL
             hint = " (this kernel may not know this mode or flag, or no node of the list is usable)"
         raise PyoukiError(f"{field}: failed to set {mp.mode} on nodes {_ranges(mp.nodes) or 'none'}"
-                          f"{' with ' + '|'.join(mp.flags) if mp.flags else ''}: {_reason(e)}{hint}") from None
+                          f"{' with ' + '|'.join(mp.flags) if mp.flags else ''}: {reason(e)}{hint}") from None
 
 
 def _mems_allowed() -> list[int] | None:
@@ -363,7 +359,7 @@ def _apply_scheduler(s: _Scheduler) -> None:
     try:
         sc.sched_setattr(attr)
     except OSError as e:
-        raise PyoukiError(f"process.scheduler: failed to set {_describe(s)}: {_reason(e)}{_sched_hint(s, e.errno)}") \
+        raise PyoukiError(f"process.scheduler: failed to set {_describe(s)}: {reason(e)}{_sched_hint(s, e.errno)}") \
             from None
 
 
@@ -413,4 +409,4 @@ def _apply_io_priority(klass: str, level: int) -> None:
         sc.ioprio_set(IOPRIO_CLASSES[klass] << sc.IOPRIO_CLASS_SHIFT | level)
     except OSError as e:
         hint = " (IOPRIO_CLASS_RT needs CAP_SYS_ADMIN or CAP_SYS_NICE of the host)" if e.errno == 1 else ""
-        raise PyoukiError(f"process.ioPriority: failed to set {klass} priority {level}: {_reason(e)}{hint}") from None
+        raise PyoukiError(f"process.ioPriority: failed to set {klass} priority {level}: {reason(e)}{hint}") from None

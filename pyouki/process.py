@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pyouki.enginewords import EXEC_NOT_FOUND, NO_SUCH_FILE, PERMISSION_DENIED, exec_error
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 RLIMITS = {
     "RLIMIT_CPU": 0, "RLIMIT_FSIZE": 1, "RLIMIT_DATA": 2, "RLIMIT_STACK": 3, "RLIMIT_CORE": 4,
@@ -14,10 +14,6 @@ RLIMITS = {
     "RLIMIT_RTPRIO": 14, "RLIMIT_RTTIME": 15,
 }
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _reason(e: OSError) -> str:
-    return (e.strerror or str(e)).lower()
 
 
 def set_rlimits(rlimits: list[dict]) -> None:
@@ -31,8 +27,8 @@ def set_rlimits(rlimits: list[dict]) -> None:
         try:
             resource.setrlimit(RLIMITS[rl["type"]], (soft, hard))
         except (OSError, ValueError) as e:
-            reason = _reason(e) if isinstance(e, OSError) else str(e)
-            raise PyoukiError(f"process.rlimits[{i}]: failed to set {rl['type']} to {soft}:{hard}: {reason}") from None
+            why = reason(e) if isinstance(e, OSError) else str(e)
+            raise PyoukiError(f"process.rlimits[{i}]: failed to set {rl['type']} to {soft}:{hard}: {why}") from None
 
 
 def set_user(user: dict, setgroups_allowed: bool) -> None:
@@ -43,18 +39,18 @@ def set_user(user: dict, setgroups_allowed: bool) -> None:
         try:
             os.setgroups(groups)
         except OSError as e:
-            raise PyoukiError(f"process.user.additionalGids: failed to set groups {groups}: {_reason(e)}") from None
+            raise PyoukiError(f"process.user.additionalGids: failed to set groups {groups}: {reason(e)}") from None
     elif groups:
         raise ConfigError("process.user.additionalGids", "setgroups is denied in this user namespace "
                           "(map gids with newgidmap to allow it)")
     try:
         os.setresgid(gid, gid, gid)
     except OSError as e:
-        raise PyoukiError(f"process.user.gid: failed to switch to gid {gid}: {_reason(e)}") from None
+        raise PyoukiError(f"process.user.gid: failed to switch to gid {gid}: {reason(e)}") from None
     try:
         os.setresuid(uid, uid, uid)
     except OSError as e:
-        raise PyoukiError(f"process.user.uid: failed to switch to uid {uid}: {_reason(e)}") from None
+        raise PyoukiError(f"process.user.uid: failed to switch to uid {uid}: {reason(e)}") from None
     if user.get("umask") is not None:
         os.umask(int(user["umask"]))
 

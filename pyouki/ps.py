@@ -3,7 +3,7 @@ the lines of the host's `ps` output that belong to the container (like runc)."""
 
 from __future__ import annotations
 
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 from pyouki.lifecycle import container_pids, load
 
 
@@ -55,7 +55,7 @@ def _run_ps(args: list[str]) -> str:
         proc = subprocess.run([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               check=False)
     except OSError as e:
-        raise PyoukiError(f"ps: failed to run {exe}: {(e.strerror or '').lower()}") from None
+        raise PyoukiError(f"ps: failed to run {exe}: {reason(e)}") from None
     text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         detail = " ".join(text.split())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 # typing costs ~1.5 ms to import and is only needed by the type checker here (annotations are
 # strings thanks to the __future__ import); mypy treats any TYPE_CHECKING name as true.
@@ -412,10 +412,6 @@ def _pyseccomp() -> ModuleType:
     return pyseccomp
 
 
-def _strerror(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
-
-
 def _sock_fprog(bpf: bytes) -> tuple[Any, Any]:
     """Build a struct sock_fprog for bpf; return it with the buffer that must outlive it."""
     import ctypes
@@ -612,7 +608,7 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
     try:
         lib_filter = lib.SyscallFilter(plan.default_action)
     except OSError as err:
-        raise ConfigError(f"{field}.defaultAction", f"rejected by libseccomp: {_strerror(err)}") from None
+        raise ConfigError(f"{field}.defaultAction", f"rejected by libseccomp: {reason(err)}") from None
     for i, (name, arch) in enumerate(plan.arches):
         try:
             lib_filter.add_arch(arch)
@@ -633,7 +629,7 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
             lib_filter.set_attr(attr, 1)
         except OSError as err:
             flag = seccomp["flags"][i]
-            message = f'flag "{flag}" not supported by libseccomp or the kernel: {_strerror(err)}'
+            message = f'flag "{flag}" not supported by libseccomp or the kernel: {reason(err)}'
             raise ConfigError(f"{field}.flags[{i}]", message) from None
 
     if sum(len(rule.names) for rule in plan.rules) > _OPTIMIZE_MIN_RULES:
@@ -660,7 +656,7 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
                     lib_filter.add_rule(rule.action, nr, *(arg_cls(*cond) for cond in group))
                 except OSError as err:
                     raise ConfigError(
-                        rule.field, f'failed to add seccomp rule for syscall "{name}": {_strerror(err)}'
+                        rule.field, f'failed to add seccomp rule for syscall "{name}": {reason(err)}'
                     ) from None
                 added += 1
 
@@ -673,7 +669,7 @@ def _compile(plan: _Plan, seccomp: dict[str, Any], field: str) -> SeccompFilter:
         try:
             lib_filter.export_bpf(out)
         except OSError as err:
-            raise PyoukiError(f"failed to generate the seccomp filter: {_strerror(err)}") from None
+            raise PyoukiError(f"failed to generate the seccomp filter: {reason(err)}") from None
         out.seek(0)
         bpf = out.read()
     if plan.enosys:

@@ -20,7 +20,7 @@ import os
 import socket
 
 from pyouki.channel import Channel
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 FD_NAME = "seccompFd"
 
@@ -45,7 +45,7 @@ class Handover:
             self.signal.send("seccomp")
         except OSError as e:
             raise PyoukiError(f"linux.seccomp: failed to hand the listener fd to the runtime: "
-                              f"{(e.strerror or str(e)).lower()} (the profile must allow sendmsg and write)") from None
+                              f"{reason(e)} (the profile must allow sendmsg and write)") from None
         os.close(fd)
         self.child.close()
 
@@ -60,7 +60,7 @@ class Handover:
             _, fds, _, _ = socket.recv_fds(self.parent, 64, 1)
         except OSError as e:
             raise PyoukiError(f"linux.seccomp: failed to receive the seccomp listener fd: "
-                              f"{(e.strerror or str(e)).lower()}") from None
+                              f"{reason(e)}") from None
         if not fds:
             raise PyoukiError("linux.seccomp: the container's process did not hand over its seccomp listener fd")
         try:
@@ -96,6 +96,6 @@ def send_to_listener(path: str, metadata: str, pid: int, state: dict, fd: int) -
         sock.sendall(payload[sent:])  # the fd travelled with the first part (the spec's rule)
     except OSError as e:
         raise PyoukiError(f"linux.seccomp.listenerPath: failed to send the seccomp fd to {path}: "
-                          f"{(e.strerror or str(e)).lower()}") from None
+                          f"{reason(e)}") from None
     finally:
         sock.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pyouki import OCI_VERSION
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 _CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 _MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -98,5 +98,5 @@ def write_spec(bundle: str, rootless: bool) -> str:
         with open(path, "x") as f:
             json.dump(default_spec(rootless), f, indent="\t")
     except OSError as e:
-        raise PyoukiError(f"failed to write {path}: {(e.strerror or '').lower()}") from None
+        raise PyoukiError(f"failed to write {path}: {reason(e)}") from None
     return path

@@ -19,8 +19,16 @@ import marshal
 import os
 import time
 
-from pyouki.enginewords import EXISTS, NOT_EXIST
-from pyouki.errors import ContainerExists, ContainerNotFound, PyoukiError, reason
+from pyouki.enginewords import EXISTS, NOT_EXIST, NOT_PAUSED, NOT_RUNNING
+from pyouki.errors import (
+    ContainerError,
+    ContainerExists,
+    ContainerNotFound,
+    ContainerNotPaused,
+    ContainerNotRunning,
+    PyoukiError,
+    reason,
+)
 
 STATE_FILE = "state.bin"
 CREATING_FILE = "creating.bin"  # create's own facts (cgroup, init), written before the record
@@ -340,6 +348,72 @@ class Container:
             return e.errno != 6  # ENXIO: nobody waits; anything else (EACCES): trust its presence
         os.close(fd)
         return True
+
+    # -- status guards: every verb asks here, so a status gets the same words and error type
+    # from every verb, the CLI's and the Python API's alike. Each returns the status it checked
+    # (derived once: the verb acts on what was checked). The words are runc's where an engine
+    # matches them (pyouki.enginewords).
+    def can_start(self) -> str:
+        """`start` needs a created container (ContainerError otherwise)."""
+        status = self.status()
+        if status != "created":
+            raise ContainerError(f"cannot start container {self.id}: it is {status}, not created")
+        return status
+
+    def can_kill(self, all_processes: bool = False) -> str:
+        """`kill` of init needs a live container; `kill --all` of a stopped one is no error (runc)."""
+        status = self.status()
+        if status == "stopped" and not all_processes:
+            # runc's words: engines (containerd's shim, CRI-O) read them as "already stopped"
+            raise self.not_running("kill")
+        return status
+
+    def can_delete(self, force: bool = False) -> str:
+        """`delete` needs a stopped or created container, or force (ContainerError otherwise)."""
+        status = self.status()
+        # like runc, a created container (its process never started) goes without --force
+        if status not in ("stopped", "created") and not force:
+            raise ContainerError(f"cannot delete container {self.id} that is not stopped: {status}")
+        return status
+
+    def can_exec(self, ignore_paused: bool = False) -> str:
+        """`exec` needs a created or running container, or a paused one with ignore_paused."""
+        status = self.status()
+        if status == "paused" and not ignore_paused:
+            raise ContainerError("cannot exec in a paused container (use --ignore-paused to override)")  # runc's
+        if status not in ("running", "created", "paused"):
+            raise ContainerNotRunning(f"cannot exec in container {self.id}: it is {status}")
+        return status
+
+    def can_pause(self) -> str:
+        """`pause` needs a running or created container (ContainerNotRunning otherwise)."""
+        status = self.status()
+        if status not in ("running", "created"):
+            raise ContainerNotRunning(f"cannot pause container {self.id}: {NOT_RUNNING} (it is {status})")
+        return status
+
+    def can_resume(self) -> str:
+        """`resume` of a stopped container is refused here; whether it is frozen is the freezer's
+        to say (a paused created container reports "created"): see not_paused."""
+        status = self.status()
+        if status == "stopped":
+            raise self.not_paused(status)
+        return status
+
+    def require_live(self, verb: str) -> str:
+        """A verb that acts on live processes (update, events): ContainerNotRunning once stopped."""
+        status = self.status()
+        if status == "stopped":
+            raise self.not_running(verb)
+        return status
+
+    def not_running(self, verb: str) -> ContainerNotRunning:
+        """runc's refusal of verb on a stopped container, the words engines match."""
+        return ContainerNotRunning(f"cannot {verb} container {self.id}: {NOT_RUNNING}")
+
+    def not_paused(self, status: str) -> ContainerNotPaused:
+        """runc's refusal to resume a container that is not frozen."""
+        return ContainerNotPaused(f"cannot resume container {self.id}: {NOT_PAUSED} (it is {status})")
 
     def oci_state(self) -> dict:
         """The state object of the OCI runtime spec (runtime.md, State), its keys in the order

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 
 from pyouki import log
-from pyouki.enginewords import NOT_RUNNING
-from pyouki.errors import ContainerNotRunning, PyoukiError
+from pyouki.errors import PyoukiError, reason
 from pyouki.lifecycle import cgroup_manager, load
 
 # docker's units.RAMInBytes: a number, an optional binary unit (k, m, g, t, p), optional "i"/"b".
@@ -110,7 +109,7 @@ def read_resources(path: str) -> dict:
             with open(path, "rb") as f:
                 data = f.read()
     except OSError as e:
-        raise PyoukiError(f"--resources: failed to read {where}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"--resources: failed to read {where}: {reason(e)}") from None
     try:
         resources = json.loads(data) if data.strip() else {}
     except ValueError as e:
@@ -144,9 +143,7 @@ def update(root: str, container_id: str, resources: dict, rdt: dict | None = Non
     group; errors name the field (linux.resources.memory.limit)."""
     container = load(root, container_id).lock()
     try:
-        status = container.status()
-        if status == "stopped":
-            raise ContainerNotRunning(f"cannot update container {container_id}: {NOT_RUNNING}")
+        container.require_live("update")
         if rdt:
             from pyouki.intelrdt import update_container
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import ConfigError, PyoukiError
+from pyouki.errors import ConfigError, PyoukiError, reason
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Handler:
             with open(exe, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise PyoukiError(f"process.args[0]: failed to read {exe}: {(e.strerror or str(e)).lower()}") from None
+            raise PyoukiError(f"process.args[0]: failed to read {exe}: {reason(e)}") from None
         text = exe.endswith(".wat")
         if not text and not data.startswith(WASM_MAGIC):
             if self.smart:

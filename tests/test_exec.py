@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+import pytest
 from harness import Bundle, Runner, RuntimeInfo, assert_failed_cleanly
 
 
@@ -53,6 +54,34 @@ def test_exec_process_file(runner: Runner, bundle: Bundle) -> None:
     r = runner.cmd("exec", "--process", str(path), cid)
     assert r.returncode == 3, r
     assert r.stdout.strip() == "from-file 42"
+    runner.delete(cid, "--force").ok()
+
+
+# a --process file is checked as create checks config.json's process (config.check_process)
+BAD_PROCESS = [
+    ({"args": []}, "process.args: must not be empty"),
+    ({"cwd": "tmp"}, "process.cwd: 'tmp' is not an absolute path"),
+    ({"env": ["PATH=/bin", "NOEQUALS"]}, "process.env[1]: must be a string of the form KEY=VALUE"),
+    ({"user": {"uid": 0, "gid": 0, "additionalGids": ["wheel"]}}, "process.user.additionalGids[0]: must be an integer"),
+    ({"rlimits": [{"type": "RLIMIT_NOSUCH", "soft": 1, "hard": 1}]}, "process.rlimits[0].type: unknown rlimit"),
+    ({"commandLine": "sh"}, "process.commandLine: windows only"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_PROCESS, ids=[m.split(":")[0] for _, m in BAD_PROCESS])
+def test_exec_process_file_is_checked_like_config(runtime: RuntimeInfo, runner: Runner, bundle: Bundle,
+                                                  change: dict, message: str) -> None:
+    if not runtime.is_pyouki:
+        pytest.skip("pyouki's wording")
+    cid = _running(runner, bundle)
+    process = {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": ["true"], "env": ["PATH=/bin"], "cwd": "/"}
+    process.update(change)
+    path = runner.workdir / "process.json"
+    path.write_text(json.dumps(process))
+    os.chmod(path, 0o644)
+    r = runner.cmd("exec", "--process", str(path), cid)
+    assert_failed_cleanly(runtime, r, message)
+    assert runner.status(cid) == "running"
     runner.delete(cid, "--force").ok()
 
 

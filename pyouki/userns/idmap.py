@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pyouki.errors import PyoukiError
+from pyouki.errors import PyoukiError, reason
 
 HELPER_DIRS = ("/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin")
 
@@ -55,7 +55,7 @@ def _write(path: str, text: str, field: str) -> None:
         with open(path, "w") as f:
             f.write(text)
     except OSError as e:
-        raise PyoukiError(f"{field}: failed to write {path}: {(e.strerror or str(e)).lower()}") from None
+        raise PyoukiError(f"{field}: failed to write {path}: {reason(e)}") from None
 
 
 def write_mappings(pid: int, uid_maps: list[dict], gid_maps: list[dict]) -> bool:
