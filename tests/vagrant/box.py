@@ -99,10 +99,11 @@ def pip_requirements() -> list[str]:
 
 
 def box_dir() -> Path:
-    """The cached box; the name changes with the qemu tier's rootfs/kernel inputs and this set-up."""
+    """The cached image; the name changes with the qemu tier's rootfs/kernel inputs and this set-up
+    (the box file in it is packed again, cheaply, when only BOX_VAGRANTFILE changes)."""
     vm = _vm()
     text = " ".join((vm._nspawn().tarball_path().name, SETUP_VERSION, *vm.KERNEL_PACKAGES, *VAGRANT_PACKAGES,
-                     *setup_machine_packages(), *pip_requirements(), BOX_VAGRANTFILE, IMAGE_SIZE))
+                     *setup_machine_packages(), *pip_requirements(), IMAGE_SIZE))
     return vm.cache_dir() / f"vagrant-box-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -186,9 +187,8 @@ def _fetch_wheels(dest: Path) -> None:
           *pip_requirements()], 600, "pip download")
 
 
-def build_box(force: bool = False, log: bool = True) -> Path:
-    """Build the box once (box.img, vmlinuz, initrd.img, metadata.json, Vagrantfile, and the
-    packed ``pyouki-bookworm64.box``) and cache it; return its directory."""
+def build_image(force: bool = False, log: bool = True) -> Path:
+    """Build the box's disk (box.img, qcow2) and its vmlinuz and initrd.img once; return their directory."""
     vm = _vm()
     nspawn = vm._nspawn()
     # The nspawn build lock is held for minutes by other tiers' image builds: take it only to build.
@@ -197,7 +197,7 @@ def build_box(force: bool = False, log: bool = True) -> Path:
         tarball = nspawn.build_rootfs(log=log)
     dest = box_dir()
     with nspawn._locked(vm.cache_dir() / ".vagrant-box.lock"):
-        if (dest / "pyouki-bookworm64.box").exists() and not force:
+        if (dest / "box.img").exists() and not force:
             return dest
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="vagrant-box-build-", dir=vm.cache_dir()) as tmp:
@@ -232,14 +232,6 @@ def build_box(force: bool = False, log: bool = True) -> Path:
             shutil.rmtree(root)
             _run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "box.img")], 900, "qemu-img convert")
             raw.unlink()
-            (out / "metadata.json").write_text(json.dumps(
-                {"provider": "libvirt", "format": "qcow2", "virtual_size": int(IMAGE_SIZE[:-1])}) + "\n")
-            (out / "Vagrantfile").write_text(BOX_VAGRANTFILE)
-            # A box file is a tar of these; `vagrant box add` takes it (uncompressed: qcow2 is dense).
-            _run(["tar", "-C", str(out), "-cf", str(out / "pyouki-bookworm64.box.tmp"), "metadata.json",
-                  "Vagrantfile", "box.img", "vmlinuz", "initrd.img"], 600, "packing the box")
-            (out / "pyouki-bookworm64.box.tmp").rename(out / "pyouki-bookworm64.box")
-            (out / "box.img").unlink()  # it is in the box file
             shutil.rmtree(dest, ignore_errors=True)
             out.rename(dest)
         for old in vm.cache_dir().glob("vagrant-box-*"):
@@ -248,6 +240,26 @@ def build_box(force: bool = False, log: bool = True) -> Path:
         if log:
             print(f"built {dest} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return dest
+
+
+def build_box(force: bool = False, log: bool = True) -> Path:
+    """The box file (a tar of metadata.json, the box's Vagrantfile, box.img, vmlinuz, initrd.img)
+    for ``vagrant box add``; built once per image and box Vagrantfile, and cached."""
+    image = build_image(force=force, log=log)
+    key = hashlib.sha256(BOX_VAGRANTFILE.encode()).hexdigest()[:8]
+    box = image / f"pyouki-bookworm64-{key}.box"
+    if box.exists():
+        return box
+    for old in image.glob("*.box"):
+        old.unlink()
+    (image / "metadata.json").write_text(json.dumps(
+        {"provider": "libvirt", "format": "qcow2", "virtual_size": int(IMAGE_SIZE[:-1])}) + "\n")
+    (image / "Vagrantfile").write_text(BOX_VAGRANTFILE)
+    # uncompressed: the qcow2 image is dense already, and box add unpacks it again
+    _run(["tar", "-C", str(image), "-cf", f"{box}.tmp", "metadata.json", "Vagrantfile", "box.img", "vmlinuz",
+          "initrd.img"], 600, "packing the box")
+    Path(f"{box}.tmp").rename(box)
+    return box
 
 
 if __name__ == "__main__":

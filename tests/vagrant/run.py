@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 LIBVIRT_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt")
 QEMU_CONF = ('user = "root"\ngroup = "root"\nswtpm_user = "root"\nswtpm_group = "root"\n'
-             'security_driver = "none"\nremember_owner = 0\n')
+             'security_driver = "none"\nremember_owner = 0\nstdio_handler = "file"\n')
 LIBVIRTD_CONF = 'auth_unix_rw = "none"\nunix_sock_group = "root"\n'
 UP_TIMEOUT = float(os.environ.get("PYOUKI_VAGRANT_TIMEOUT") or 1500)
 
@@ -71,11 +71,25 @@ class Env:
 
     def run(self, argv: list[str], cwd: Path, timeout: float, extra: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-        """argv inside the namespace with this run's vagrant/libvirt environment; output captured."""
+        """argv inside the namespace with this run's vagrant/libvirt environment; output captured
+        (and appended to ``$PYOUKI_VAGRANT_LOG`` as it comes, to follow a long ``up``)."""
         env = {**self.env, **(extra or {})}
-        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], cwd=cwd, env=env, text=True,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout)
+        live = os.environ.get("PYOUKI_VAGRANT_LOG")
+        with tempfile.TemporaryFile("w+") as out:
+            log = open(live, "a") if live else out  # noqa: SIM115
+            try:
+                start = log.tell()
+                proc = subprocess.run(["ip", "netns", "exec", self.netns, *argv], cwd=cwd, env=env, text=True,
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=timeout)
+                log.flush()
+                with open(log.name if live else f"/proc/self/fd/{out.fileno()}") as f:
+                    f.seek(start)
+                    text = f.read()
+            finally:
+                if live:
+                    log.close()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, text)
 
     def netns_pids(self) -> list[int]:
         """Every process still in the namespace."""
@@ -151,7 +165,7 @@ def libvirt_env() -> Iterator[Env]:
 def add_box(env: Env) -> None:
     """``vagrant box add`` the local box file under the name the Vagrantfiles use."""
     box = _box()
-    path = box.build_box() / "pyouki-bookworm64.box"  # type: ignore[attr-defined]
+    path = box.build_box()  # type: ignore[attr-defined]
     res = env.run(["vagrant", "box", "add", "--name", box.BOX_NAME, "--provider", "libvirt",  # type: ignore[attr-defined]
                    str(path)], cwd=env.tmp, timeout=600)
     if res.returncode:
