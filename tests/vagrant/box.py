@@ -33,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # Bump when the set-up below changes: it is part of the cache key.
-SETUP_VERSION = "1"
+SETUP_VERSION = "2"
 BOX_NAME = "debian/bookworm64"
 # What Vagrant needs in the guest, beyond setup-machine's packages.
 VAGRANT_PACKAGES = ("openssh-server", "sudo", "rsync", "ifupdown", "isc-dhcp-client")
@@ -181,10 +181,12 @@ def _configure(root: Path, wheels: Path) -> None:
 
 
 def _fetch_wheels(dest: Path) -> None:
-    """pip download of pyouki's build and extras' wheels (for the host's python3: same as the guest's)."""
+    """Wheels of pyouki's build backend, dependencies and extras, for the host's python3 (the guest's
+    is the same Debian python): ``pip wheel`` builds those PyPI has only as sources (python-prctl)
+    here, so the guest compiles nothing under TCG."""
     dest.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "-d", str(dest),
-          *pip_requirements()], 600, "pip download")
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(dest),
+          *pip_requirements()], 900, "pip wheel")
 
 
 def build_image(force: bool = False, log: bool = True) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,8 @@ class Env:
             finally:
                 if live:
                     log.close()
+        # vagrant's progress meters (thousands of them while a volume uploads) say nothing
+        text = re.sub(r"(\x1b\[K)?Progress: [^\r\n\x1b]*", "", text)
         return subprocess.CompletedProcess(proc.args, proc.returncode, text)
 
     def netns_pids(self) -> list[int]:
