@@ -4,7 +4,8 @@ No box registry is reachable here, so tests/vagrant/box.py builds a local libvir
 qemu tier's ingredients (cached) and adds it as ``debian/bookworm64`` to a throw-away
 VAGRANT_HOME; tests/vagrant/run.py runs libvirtd, qemu (TCG) and vagrant in a network namespace
 of their own. Each Vagrantfile is brought up on a copy of the tree, then destroyed; nothing may
-be left running. PYOUKI_NO_VM=1 skips the tier.
+be left running. It runs only with PYOUKI_VAGRANT=1 (not yet in CI: see tests/vagrant/README.md);
+PYOUKI_NO_VM=1 skips it too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def _ensure_tools() -> None:
         pytest.skip("the Vagrant tier needs root (libvirtd, network namespaces, chroot)")
     if os.environ.get("PYOUKI_NO_VM"):
         pytest.skip("PYOUKI_NO_VM is set")
+    if not os.environ.get("PYOUKI_VAGRANT"):
+        # ~14 minutes warm and ~6 more to build the box under TCG: over CI's budget until the box
+        # carries the venv's dependencies and both machines come up at once
+        pytest.skip("the Vagrant tier runs with PYOUKI_VAGRANT=1 (about 20 minutes cold)")
     if not run.missing_tools():
         return
     res = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *_apt_packages()],
