@@ -92,6 +92,8 @@ def _install_podman(root: Path, debs: Path) -> None:
     """
     _copy_tree(root / GUEST_REPO.lstrip("/"))
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    wheels = _wheelhouse()
+    (root / "tmp/laptop-wheels").mkdir()
     debs.mkdir(parents=True, exist_ok=True)
     r = str(root)
     apt = ("DEBIAN_FRONTEND=noninteractive apt-get -q -o Dpkg::Options::=--force-confold "
@@ -100,21 +102,46 @@ def _install_podman(root: Path, debs: Path) -> None:
              "fuse": (10, 229)}
     mknods = "; ".join(f"mknod -m 666 {r}/dev/{n} c {ma} {mi}" for n, (ma, mi) in nodes.items())
     inner = (f"{apt} update -q >/dev/null && {apt} install -y {' '.join(PODMAN_PACKAGES)} && "
-             f"PYOUKI_NO_VAGRANT=1 {GUEST_REPO}/scripts/setup-machine")
+             "unset PIP_CERT PIP_INDEX_URL PIP_EXTRA_INDEX_URL; "
+             f"PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/laptop-wheels PYOUKI_NO_VAGRANT=1 {GUEST_REPO}/scripts/setup-machine")
     script = (
         f"set -e; mount -t proc proc {r}/proc; mount -t tmpfs -o mode=0755 laptop-dev {r}/dev; "
         f"{mknods}; mkdir {r}/dev/pts {r}/dev/shm; "
         f"ln -s /proc/self/fd {r}/dev/fd; "
-        f"mount --bind {debs} {r}/var/cache/apt/archives; "
+        f"mount --bind {debs} {r}/var/cache/apt/archives; mount --bind -o ro {wheels} {r}/tmp/laptop-wheels; "
         f"chroot {r} sh -c '{inner}'"
     )
     _vm()._run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], 1800,
                "installing podman and running scripts/setup-machine")
     (root / "etc/resolv.conf").unlink()
+    (root / "tmp/laptop-wheels").rmdir()
     with open(root / "etc/subuid", "a") as f:
         f.write(AUTO_USERNS)
     with open(root / "etc/subgid", "a") as f:
         f.write(AUTO_USERNS)
+
+
+def _wheelhouse() -> Path:
+    """pyouki's Python dependencies (and its build backend), downloaded by the host's pip.
+
+    setup-machine's pip inside the chroot installs from them only (``PIP_NO_INDEX``): the host's
+    pip knows how this machine reaches PyPI, the chroot's does not. Cached per pyproject.toml.
+    """
+    vm = _vm()
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
+    dest = vm.cache_dir() / f"laptop-wheels-{key}"
+    if (dest / ".complete").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    vm._run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(dest),
+             f"{REPO}[dev,wasm]", "setuptools", "wheel"], 900, "pip download of pyouki's dependencies")
+    for own in dest.glob("pyouki-*"):
+        own.unlink()  # pyouki itself comes from the tree
+    (dest / ".complete").touch()
+    for old in vm.cache_dir().glob("laptop-wheels-*"):
+        if old != dest:
+            shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def _seed_debs(debs: Path) -> None:
