@@ -290,6 +290,25 @@ def run_rootless() -> dict[str, Any]:
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
+def startup_costs() -> dict[str, list[float]]:
+    """Seconds of the cheapest calls (3 each): the floor under every runtime call podman makes.
+
+    A missing container's ``state`` is the shortest path through each runtime; the bare
+    interpreter shows how much of pyouki's share is Python's own start.
+    """
+    probes = {"python -IS": ["/opt/pyouki/venv/bin/python", "-IS", "-c", "pass"],
+              "pyouki state": [RUNTIMES["pyouki"], "state", "laptop-no-such"],
+              "runc state": [RUNTIMES["runc"], "state", "laptop-no-such"]}
+    out: dict[str, list[float]] = {}
+    for name, argv in probes.items():
+        out[name] = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            subprocess.run(argv, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            out[name].append(round(time.monotonic() - t0, 3))
+    return out
+
+
 def environment() -> dict[str, Any]:
     """What the laptop is: kernel, LSM, cgroups, versions, and setup-machine's second run."""
 
@@ -310,6 +329,7 @@ def environment() -> dict[str, Any]:
         "pyouki": os.path.realpath(RUNTIMES["pyouki"]),
         "setup_rc": _read(str(SHARE / "setup.rc")),
         "setup_log": (_read(str(SHARE / "setup.log")) or "")[-2000:],
+        "startup": startup_costs(),
     }
 
 
