@@ -44,6 +44,10 @@ def guest() -> dict[str, Any]:
         pytest.skip("the laptop tier needs root (chroot, mkfs, qemu)")
     if os.environ.get("PYOUKI_NO_VM"):
         pytest.skip("PYOUKI_NO_VM is set")
+    if not os.environ.get("PYOUKI_LAPTOP"):
+        # one boot runs both modes with both runtimes: ~25 minutes under TCG on this machine kind,
+        # over CI's budget until the scenarios are trimmed or split across boots
+        pytest.skip("the laptop tier runs with PYOUKI_LAPTOP=1 (about 25 minutes)")
     vm = laptop._vm()
     missing = vm.missing_tools() + vm._nspawn().missing_tools()
     if missing:

@@ -180,6 +180,7 @@ def build_image(force: bool = False, log: bool = True) -> Path:
             _install_podman(root, debs)
             vm._configure(root)
             unit = root / "etc/systemd/system/pyouki-vmtest.service"
+            # the VM tier's unit may already say infinity (its own runs are bounded by qemu's timeout)
             unit.write_text(unit.read_text().replace("TimeoutStartSec=360", "TimeoutStartSec=infinity"))
             out = Path(tmp) / "out"
             out.mkdir()
