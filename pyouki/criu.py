@@ -368,8 +368,8 @@ def restore(create_opts, options: dict, detach: bool, subreaper: bool = True) ->
     log.debug(f"container {create_opts.id} restored with init pid {init_pid}")
     if detach:
         return 0
+    from pyouki.cli.foreground import forward_signals, reap  # restore in the foreground is a command's wait, as run
     from pyouki.lifecycle import delete
-    from pyouki.run import forward_signals, reap
 
     forward_signals(init_pid)
     status = reap(init_pid)

@@ -56,6 +56,13 @@ class PrivateInterpreter:
         # a venv's pyvenv.cfg lets the copy find the standard library under -I
         (self.dir / "pyvenv.cfg").write_text(f"home = {os.path.dirname(real)}\n")
         self.real = real
+        # the runtime's own venv site-packages, where the launcher looks beside its interpreter
+        venv = Path(script.decode().split("\n", 1)[0][2:].split()[0]).parent.parent
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        site_packages = venv / "lib" / version / "site-packages"
+        if site_packages.is_dir():
+            (self.dir / "lib" / version).mkdir(parents=True)
+            os.symlink(site_packages, self.dir / "lib" / version / "site-packages")
         self.launcher = self.dir / "pyouki"
         if runtime.is_pyouki:
             text = Path(runtime.path).read_text().split("\n", 1)[1]
