@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     # opened now, without truncating: in --rootless mode we cannot open it once we are the user
     os.makedirs(os.path.dirname(json_out), exist_ok=True)
     json_fd = os.open(json_out, os.O_WRONLY | os.O_CREAT, 0o644)
+    md_fd = os.open(os.path.splitext(json_out)[0] + ".md", os.O_WRONLY | os.O_CREAT, 0o644)  # the same reason
     user = bench_setup.ensure_user() if opts.rootless else None
     tmp = tempfile.mkdtemp(prefix="pyouki-bench-")
     os.chmod(tmp, 0o755)
@@ -611,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     if not result:
         os.close(json_fd)
+        os.close(md_fd)
         return code
 
     groups = result["groups"]
@@ -639,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     # the README's table, with the floor, the date, the machine and this command
     table_md = bench_report.readme(doc, "bench/run " + " ".join(sys.argv[1:] if argv is None else argv))
     print(table_md)
-    with open(os.path.splitext(json_out)[0] + ".md", "w") as f:
+    os.ftruncate(md_fd, 0)
+    with os.fdopen(md_fd, "w") as f:
         f.write(table_md + "\n")
     return code
 
