@@ -21,8 +21,9 @@ from pyouki import idmapmount
 from pyouki import syscalls as sc
 from pyouki.errors import PyoukiError, reason
 
-# mounts[i] -> (detached clone of its source, whether the source is a directory), inherited by init
-PREPARED: dict[str, tuple[int, bool]] = {}
+# mounts[i] -> detached clone of its source, inherited by init; and whether that source is a directory
+PREPARED: dict[str, int] = {}
+IS_DIR: dict[str, bool] = {}
 
 
 def prepare(config: dict, bundle: str) -> None:
@@ -49,7 +50,8 @@ def prepare(config: dict, bundle: str) -> None:
             except OSError as e:
                 raise PyoukiError(f"{field}.source: failed to open {source}: "
                                   f"{reason(e)}") from None
-            PREPARED[field] = (fd, is_dir)
+            PREPARED[field] = fd
+            IS_DIR[field] = is_dir
             try:
                 sc.mount_setattr_fd(fd, propagation=propagation, recursive=recursive)
             except OSError as e:
@@ -62,23 +64,15 @@ def prepare(config: dict, bundle: str) -> None:
 
 def source_is_dir(field: str) -> bool | None:
     """Whether the prepared source of field is a directory; None when none was prepared."""
-    entry = PREPARED.get(field)
-    return None if entry is None else entry[1]
+    return IS_DIR.get(field) if field in PREPARED else None
 
 
 def attach(field: str, target_fd: int) -> bool:
     """Move the clone prepared for field onto target_fd's file; False when none was."""
-    fd = PREPARED.pop(field, (-1, False))[0]
-    if fd < 0:
-        return False
-    try:
-        sc.move_mount_fd(fd, target_fd)
-    finally:
-        os.close(fd)
-    return True
+    return idmapmount.attach_prepared(PREPARED, field, target_fd)
 
 
 def close_all() -> None:
     """Release the clones (the runtime's copies once init has been forked, or on failure)."""
-    while PREPARED:
-        os.close(PREPARED.popitem()[1][0])
+    idmapmount.close_prepared(PREPARED)
+    IS_DIR.clear()

@@ -187,7 +187,18 @@ def _open_userns(path: str | None, uid_maps: list[dict], gid_maps: list[dict], f
 
 def attach(field: str, target_fd: int) -> bool:
     """Move the idmapped mount prepared for field onto target_fd's file; False when none was."""
-    fd = PREPARED.pop(field, -1)
+    return attach_prepared(PREPARED, field, target_fd)
+
+
+def close_all() -> None:
+    """Release the prepared mounts (the runtime's copies once init has been forked, or on failure)."""
+    close_prepared(PREPARED)
+
+
+def attach_prepared(prepared: dict[str, int], field: str, target_fd: int) -> bool:
+    """Move the detached mount prepared for field (idmapped, or a bind source's clone) onto
+    target_fd's file, and close it; False when none was prepared."""
+    fd = prepared.pop(field, -1)
     if fd < 0:
         return False
     try:
@@ -197,7 +208,7 @@ def attach(field: str, target_fd: int) -> bool:
     return True
 
 
-def close_all() -> None:
-    """Release the prepared mounts (the runtime's copies once init has been forked, or on failure)."""
-    while PREPARED:
-        os.close(PREPARED.popitem()[1])
+def close_prepared(prepared: dict[str, int]) -> None:
+    """Close every detached mount left in prepared."""
+    while prepared:
+        os.close(prepared.popitem()[1])
