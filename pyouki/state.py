@@ -263,10 +263,7 @@ class Container:
         """
         import fcntl
 
-        try:
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise PyoukiError(f"failed to open state directory {self.root}: {reason(e)}") from None
+        root_fd = self._open_root()
         try:
             fcntl.flock(root_fd, fcntl.LOCK_SH)
             try:
@@ -280,6 +277,13 @@ class Container:
             os.close(root_fd)  # releases the root's lock
         return self
 
+    def _open_root(self) -> int:
+        """The state root's fd, whose flock orders create's new directories against delete."""
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PyoukiError(f"failed to open state directory {self.root}: {reason(e)}") from None
+
     def lock_unrecorded(self) -> None:
         """Lock a directory that has no record, for its removal: only while no create holds it
         (a create in progress has it locked, or holds the root's shared lock until it has).
@@ -289,10 +293,7 @@ class Container:
         import fcntl
 
         while True:
-            try:
-                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as e:
-                raise PyoukiError(f"failed to open state directory {self.root}: {reason(e)}") from None
+            root_fd = self._open_root()
             try:
                 fcntl.flock(root_fd, fcntl.LOCK_EX)
                 if self._lock(blocking=False):
