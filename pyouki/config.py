@@ -234,6 +234,10 @@ def validate(config: dict, bundle: str, rootless: bool) -> str:
         raise ConfigError("root.path", f"rootfs {rootfs} does not exist or is not a directory")
     _optional(root, "readonly", bool, "root")
 
+    # engines read annotations back from state (JSON strings only): values are strings per the spec
+    for key, value in _optional(config, "annotations", dict, "", {}).items():
+        _expect(value, str, f"annotations.{key}")
+
     for platform in OTHER_PLATFORMS:
         if platform in config:
             raise ConfigError(platform, f"a {platform} container's settings: pyouki runs linux containers")

@@ -59,3 +59,17 @@ def test_malformed_sysctl_names_refused(key: str) -> None:
     with pytest.raises(ConfigError) as info:
         check_sysctl(key, {"network": None})
     assert str(info.value) == f"linux.sysctl.{key}: not a valid sysctl name"
+
+
+@pytest.mark.parametrize(("annotations", "field"), [(-0.5, "annotations"), (["a"], "annotations"),
+                                                     ({"a": 1}, "annotations.a"), ({"a": None}, "annotations.a")])
+def test_annotations_must_be_an_object_of_strings(tmp_path: Path, annotations: object, field: str) -> None:
+    # the config fuzzer found `"annotations": -0.5` reaching the state file's writer (internal error)
+    from pyouki.config import validate
+
+    (tmp_path / "rootfs").mkdir()
+    config = {"ociVersion": "1.3.0", "root": {"path": "rootfs"}, "process": {"args": ["true"], "cwd": "/"},
+              "annotations": annotations}
+    with pytest.raises(ConfigError) as err:
+        validate(config, str(tmp_path), rootless=False)
+    assert str(err.value).startswith(f"{field}: ")
