@@ -279,7 +279,12 @@ def test_a_start_killed_after_its_write_leaves_a_running_container(runner: Runne
     os.close(fd)
     assert fifo.exists()
     assert runner.wait_status(cid, "running", timeout=10) == "running"
-    assert (bundle.rootfs / flag.lstrip("/")).exists(), "the process did not start"
+    # "running" means init has exec'd; the shell's touch comes a moment later
+    started = bundle.rootfs / flag.lstrip("/")
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), "the process did not start"
     r = runner.start(cid)
     assert r.returncode != 0
     runner.delete(cid, "--force").ok()

@@ -198,7 +198,8 @@ def test_ps_table(runner: Runner, bundle: Bundle, xfail_runc: Callable[[str], No
     if runner.rootless:
         xfail_runc("runc finds processes only through the cgroup, which rootless v1 has not")
     cid = running(runner, bundle, FAMILY)
-    assert wait_for(lambda: len(container_pids(runner)) == 3)
+    # both children must have exec'd sleep (a forked child is still "sh" for a moment)
+    assert wait_for(lambda: len(container_pids(runner)) == 3 and len(_sleepers(runner)) == 2)
     want = container_pids(runner)
 
     lines = runner.cmd("ps", cid).ok().stdout.splitlines()  # default: ps -ef
