@@ -1,7 +1,7 @@
 """The systemd cgroup driver (pyouki/cgroups/systemd.py): logic, dead buses, and a real systemd.
 
-- pure logic: cgroupsPath parsing and the split of linux.resources between unit properties
-  and cgroupfs;
+- pure logic: cgroupsPath parsing, the split of linux.resources between unit properties
+  and cgroupfs, and which cgroup v2 controller each property needs;
 - host: ``--systemd-cgroup`` with a dead or hung bus fails in bounded time with one clear
   line and leaves nothing behind (no systemd needed);
 - nspawn tier: real pyouki containers with ``--systemd-cgroup`` inside a booted Debian
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from harness import Bundle, Result, Runner, assert_failed_cleanly, marked_pids
 
-from pyouki.cgroups.systemd import parse_cgroups_path, split_resources
+from pyouki.cgroups.systemd import ENFORCED_BY, _manager_controllers, parse_cgroups_path, split_resources, unenforced
 from pyouki.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,69 @@ def test_check_before_update_goes_to_cgroupfs_with_the_limit() -> None:
     props, rest = split_resources({"memory": {"limit": 8 * MiB, "checkBeforeUpdate": True}}, rootless=True)
     assert props == {"MemoryMax": 8 * MiB}
     assert rest == {"memory": {"checkBeforeUpdate": True, "limit": 8 * MiB}}
+
+
+ALL_PROPERTIES = {
+    "memory": {"limit": 64 * MiB, "reservation": 32 * MiB, "swap": 128 * MiB},
+    "pids": {"limit": 42},
+    "cpu": {"shares": 512, "quota": 50_000, "period": 100_000, "cpus": "0", "mems": "0"},
+    "blockIO": {"weight": 500},
+}
+
+
+def test_every_unit_property_has_its_field_and_controller() -> None:
+    """A property resources_to_properties learns to set must say which controller enforces it."""
+    props, rest = split_resources(ALL_PROPERTIES, rootless=False)
+    assert rest == {}
+    assert list(props) == list(ENFORCED_BY)  # all of them, in the order they are set
+    assert {field for field, _ in ENFORCED_BY.values()} == {
+        "memory.limit", "memory.reservation", "memory.swap", "pids.limit", "cpu.shares", "cpu.quota",
+        "cpu.period", "cpu.cpus", "cpu.mems", "blockIO.weight"}
+
+
+@pytest.mark.parametrize(("resources", "available", "expected"), [
+    (ALL_PROPERTIES, {"cpuset", "cpu", "io", "memory", "pids"}, None),
+    (ALL_PROPERTIES, set(), ("memory.limit", "memory")),
+    (ALL_PROPERTIES, {"memory"}, ("pids.limit", "pids")),
+    (ALL_PROPERTIES, {"memory", "pids"}, ("cpu.shares", "cpu")),
+    (ALL_PROPERTIES, {"memory", "pids", "cpu"}, ("cpu.cpus", "cpuset")),
+    (ALL_PROPERTIES, {"memory", "pids", "cpu", "cpuset"}, ("blockIO.weight", "io")),
+    ({"memory": {"reservation": MiB}}, {"pids"}, ("memory.reservation", "memory")),
+    ({"cpu": {"period": 50_000}}, {"pids"}, ("cpu.period", "cpu")),  # the field given, not the quota
+    ({"cpu": {"mems": "0"}}, {"cpu"}, ("cpu.mems", "cpuset")),
+    ({"pids": {"limit": 0}}, set(), ("pids.limit", "pids")),  # 0 is a limit (of one task)
+    # -1 asks for no limit: without the controller there is none, nothing is dropped
+    ({"memory": {"limit": -1}, "pids": {"limit": -1}, "cpu": {"quota": -1}}, set(), None),
+    ({"memory": {"limit": -1}, "pids": {"limit": 9}}, set(), ("pids.limit", "pids")),
+    # zero is "unset" for these (no property at all), as in runc
+    ({"memory": {"limit": 0}, "cpu": {"shares": 0, "quota": 0}}, set(), None),
+])
+def test_unenforced_names_the_first_field_without_its_controller(
+        resources: dict[str, Any], available: set[str], expected: tuple[str, str] | None) -> None:
+    props, _ = split_resources(resources, rootless=True)
+    assert unenforced(props, available) == expected
+
+
+def test_manager_controllers_of_the_system_and_user_managers(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    user = root / "user.slice/user-1000.slice/user@1000.service"
+    (user / "user.slice/pyouki-c1.scope").mkdir(parents=True)
+    (root / "system.slice/pyouki-c2.scope").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (user / "cgroup.controllers").write_text("memory pids\n")
+    (user / "user.slice/cgroup.controllers").write_text("\n")  # what the manager enabled, not the limit
+    scope = f"{user}/user.slice/pyouki-c1.scope"
+    # the system manager: the hierarchy's root
+    assert _manager_controllers(f"{root}/system.slice/pyouki-c2.scope", f"{root}/", False) == (
+        str(root), {"cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"})
+    # a user manager: its user@UID.service, whatever it enabled below
+    assert _manager_controllers(scope, str(root), True) == (str(user), {"memory", "pids"})
+    (user / "cgroup.controllers").write_text("")
+    assert _manager_controllers(scope, str(root), True) == (str(user), set())
+    # nothing to check against: no user@ cgroup (a user manager in a container), or unreadable
+    assert _manager_controllers(f"{root}/app.slice/pyouki-c1.scope", str(root), True) is None
+    (root / "cgroup.controllers").unlink()
+    assert _manager_controllers(f"{root}/system.slice/pyouki-c2.scope", str(root), False) is None
 
 
 def test_rebuilding_from_state_imports_no_dbus() -> None:
