@@ -7,7 +7,10 @@
 - nspawn tier: real pyouki containers with ``--systemd-cgroup`` inside a booted Debian
   (tests/systemd/check_driver.py), rootful on the system bus and rootless as a user logged in
   through PAM on the user bus: the unit is read back over D-Bus, the container's init is in
-  the scope's cgroup, ``update`` changes the unit, ``delete`` removes it.
+  the scope's cgroup, exec/ps/pause/freeze/kill join it, ``delete`` removes it. nspawn's cgroup
+  v2 tree has no controllers (this host keeps them on v1), so systemd would take MemoryMax=
+  and enforce nothing: a limit is refused naming its field, at create (nothing left behind)
+  and at update (the unit unchanged). Limits as unit properties, enforced: tests/vm/.
 """
 
 from __future__ import annotations
@@ -305,8 +308,11 @@ EXPECTED_UNIT = {
 }
 
 
+INFINITY = 2**64 - 1  # a unit property nobody set: no limit
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
-def test_create_makes_a_delegated_unit_with_the_limits(facts: dict[str, Any], mode: str, run: str) -> None:
+def test_create_makes_a_delegated_unit(facts: dict[str, Any], mode: str, run: str) -> None:
     f = facts[mode][run]
     assert f["create"] == {"rc": 0, "stderr": ""}
     slice_, unit_pattern, cgroup_prefix = EXPECTED_UNIT[(mode, run)]
@@ -320,10 +326,9 @@ def test_create_makes_a_delegated_unit_with_the_limits(facts: dict[str, Any], mo
     assert created["Delegate"] is True
     assert created["Slice"] == slice_
     assert created["ControlGroup"] == cgroup_prefix + unit
-    assert created["MemoryMax"] == 64 * MiB
-    assert created["TasksMax"] == 42
-    assert created["CPUWeight"] == 20  # cpu.shares 512 with runc's conversion
-    assert created["CPUQuotaPerSecUSec"] == 500_000  # quota 50000 per 100000 period
+    assert created["MemoryMax"] == INFINITY  # no limits asked: none set
+    assert created["CPUQuotaPerSecUSec"] == INFINITY
+    assert created["files"]["cgroup.controllers"] == ""  # what makes limits impossible here
     assert created["cgroup_owner"] == (TEST_UID if mode == "rootless" else 0)
 
 
@@ -342,15 +347,46 @@ def test_rootful_device_filter_is_attached_to_the_scope(facts: dict[str, Any], r
     assert facts["rootful"][run]["device_programs"] == 1
 
 
+def _refusal(mode: str, field: str) -> str:
+    """The line pyouki prints for a limit nspawn's tree cannot enforce."""
+    controller = {"memory.limit": "memory", "pids.limit": "pids", "cpu.shares": "cpu"}[field]
+    if mode == "rootless":
+        who = "the systemd user manager"
+        where = f"/sys/fs/cgroup/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service"
+    else:
+        who, where = "systemd", "/sys/fs/cgroup"
+    return (f"pyouki: linux.resources.{field}: the {controller} controller is not available to {who} "
+            f"({where}/cgroup.controllers: none): the limit cannot be enforced")
+
+
+LIMIT_FIELDS = ["memory.limit", "pids.limit", "cpu.shares"]
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_limit_without_its_controller_is_refused_at_create(facts: dict[str, Any], mode: str, field: str) -> None:
+    """systemd accepts MemoryMax=/TasksMax=/CPUWeight= without the controller and enforces
+    nothing: pyouki reported success for a dropped limit. runc fails too (it writes the file)."""
+    f = facts[mode]["refused"][field]
+    assert (f["rc"], f["stderr"]) == (1, _refusal(mode, field))
+    assert f["unit_left"] is False
+    assert f["state_left"] == []
+    assert f["processes"] == []
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
-def test_update_changes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
-    updated = facts[mode][run]["updated"]
-    assert updated["MemoryMax"] == 128 * MiB
-    assert updated["TasksMax"] == 99
-    assert updated["CPUWeight"] == 39  # cpu.shares 1024
-    assert updated["CPUQuotaPerSecUSec"] == 500_000  # untouched by the update
+def test_update_of_nothing_succeeds_and_a_limit_is_refused(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["update_nothing"] == {"rc": 0, "stderr": ""}
+    for field in LIMIT_FIELDS:
+        assert f["update_limits"][field] == {"rc": 1, "stderr": _refusal(mode, field)}, field
+    updated = f["updated"]  # refused before SetUnitProperties: the unit is as it was
+    assert updated["MemoryMax"] == INFINITY
+    assert updated["TasksMax"] == f["created"]["TasksMax"]
+    assert updated["CPUWeight"] == f["created"]["CPUWeight"]
+    assert updated["CPUQuotaPerSecUSec"] == INFINITY
     assert updated["Delegate"] is True
-    assert updated["procs"] == [facts[mode][run]["pid"]]
+    assert updated["procs"] == [f["pid"]]
 
 
 @pytest.mark.parametrize(("mode", "run"), RUNS)
@@ -430,7 +466,8 @@ def test_name_ending_in_slice_makes_a_slice(facts: dict[str, Any]) -> None:
     # systemd nests a slice by the dashes in its name, as runc's slices are
     assert f["created"]["ControlGroup"] == f"/pyt.slice/{unit}"
     assert f["created"]["procs"] == [f["pid"]]  # written through cgroupfs: a slice takes no PIDs
-    assert f["created"]["MemoryMax"] == 64 * MiB
-    assert f["updated"]["TasksMax"] == 99
+    assert f["update_nothing"] == {"rc": 0, "stderr": ""}
+    assert f["update_limits"]["pids.limit"] == {"rc": 1, "stderr": _refusal("rootful", "pids.limit")}
+    assert f["updated"]["TasksMax"] == f["created"]["TasksMax"]
     assert f["deleted"] == {"exists": False}
     assert f["cgroup_left"] is False
