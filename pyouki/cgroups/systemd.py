@@ -276,26 +276,25 @@ class SystemdCgroup:
 
 
 # Each unit property resources_to_properties sets: (its field under linux.resources, the cgroup v2
-# controller that enforces it). In the order that function sets them, so the first refused
-# property names the field the user wrote (cpu.period alone gives CPUQuotaPeriodUSec first).
+# controller that enforces it). In the order of the fields in the spec, the quota before its
+# period: a quota with a period is named by the quota (a period alone by itself).
 ENFORCED_BY = {
     "MemoryMax": ("memory.limit", "memory"), "MemoryLow": ("memory.reservation", "memory"),
     "MemorySwapMax": ("memory.swap", "memory"), "TasksMax": ("pids.limit", "pids"),
-    "CPUWeight": ("cpu.shares", "cpu"), "CPUQuotaPeriodUSec": ("cpu.period", "cpu"),
-    "CPUQuotaPerSecUSec": ("cpu.quota", "cpu"), "AllowedCPUs": ("cpu.cpus", "cpuset"),
+    "CPUWeight": ("cpu.shares", "cpu"), "CPUQuotaPerSecUSec": ("cpu.quota", "cpu"),
+    "CPUQuotaPeriodUSec": ("cpu.period", "cpu"), "AllowedCPUs": ("cpu.cpus", "cpuset"),
     "AllowedMemoryNodes": ("cpu.mems", "cpuset"), "IOWeight": ("blockIO.weight", "io"),
 }
 
 
 def unenforced(props: dict, available: set[str]) -> tuple[str, str] | None:
-    """(field, controller) of the first property in props that asks for a limit no controller in
-    available enforces; None if all are enforced. "infinity" (-1: no limit) needs no controller:
-    without one there is no limit, which is what it asks for."""
+    """(field, controller) of the first property in props (in ENFORCED_BY's order) that asks for a
+    limit no controller in available enforces; None if all are enforced. "infinity" (-1: no
+    limit) needs no controller: without one there is no limit, which is what it asks for."""
     from pyouki.dbus_native.properties import INFINITY
 
-    for prop, value in props.items():
-        leaf, controller = ENFORCED_BY[prop]
-        if value != INFINITY and controller not in available:
+    for prop, (leaf, controller) in ENFORCED_BY.items():
+        if prop in props and props[prop] != INFINITY and controller not in available:
             return leaf, controller
     return None
 
