@@ -13,10 +13,11 @@ the rootfs and its cache key (shared with the qemu tier) stay as they are. runc 
 keyring syscalls nspawn filters by default (``@keyring``: "unable to join session keyring").
 
 What the nspawn tree cannot give: the host keeps every controller on cgroup v1, so the
-container's cgroup v2 tree has none (no pids.max, cpu.max, memory.*). Podman's default pids
-limit then makes runc fail writing pids.max, so the set-up has ``pids_limit = 0`` and the
-limits are separate scenarios; the freezer (cgroup.freeze) is core v2 and works. Limits are
-enforced only in the qemu tier (tests/vm/).
+container's cgroup v2 tree has none (no pids.max, cpu.max, memory.*). A limit then fails with
+both runtimes (runc writing the missing file, pyouki before a unit property systemd would not
+enforce), so the set-up has ``pids_limit = 0`` (podman's default limit) and the limits are
+separate scenarios; the freezer (cgroup.freeze) is core v2 and works. Limits are enforced only
+in the qemu tier (tests/vm/).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ HOST_BINARIES = {
 RUNTIMES = ["runc", "pyouki"]
 # scenarios whose answers are ids, times or paths that differ per container
 VARYING = {"run_d", "exec_d", "init_cgroup", "scope_expected", "scopes_running", "ps", "top", "stats"}
-# runc writes the limit to the cgroup file as well as the unit property: without controllers
-# in nspawn's tree the file is missing and runc fails; pyouki sets the unit property only
-LIMITS = {"run_pids_limit", "update"}
+# podman's exit status for a runtime failing create: 127 when the runtime's error says "no such
+# file or directory" (runc's missing pids.max: podman takes it for a missing command), else 126
+CREATE_FAILS = (126, 127)
 
 
 def _missing_libraries(tree: Path) -> list[str]:
@@ -157,23 +158,37 @@ def test_podman_systemd_rm_leaves_nothing(facts: dict[str, Any], rt: str) -> Non
     assert f["init_alive"] is False
 
 
-def test_podman_systemd_limits_go_to_the_unit(facts: dict[str, Any]) -> None:
-    """pyouki sets limits as unit properties; runc also writes the (absent) cgroup files here."""
-    f = facts["pyouki"]
-    assert _ok(f["run_pids_limit"]) == "limited"
-    _ok(f["update"])
-    assert f["cpu_quota"] == "500ms"
-    for key, file in (("run_pids_limit", "pids.max"), ("update", "cpu.max")):
-        answer = facts["runc"][key]
-        assert answer["rc"] == 0 or f"{file}: no such file or directory" in answer["stderr"], answer
+@pytest.mark.parametrize(("key", "field", "file"), [("run_pids_limit", "pids.limit", "pids.max"),
+                                                   ("update", "cpu.quota", "cpu.max")])
+def test_podman_systemd_limits_without_controllers_fail_as_with_runc(
+        facts: dict[str, Any], key: str, field: str, file: str) -> None:
+    """No pids or cpu controller here: runc fails writing the cgroup file; pyouki fails too,
+    naming the field, where it used to set a unit property systemd took and never enforced."""
+    runc, pyouki = facts["runc"][key], facts["pyouki"][key]
+    assert runc["rc"] != 0 and f"{file}: no such file or directory" in runc["stderr"], runc
+    if key.startswith("run_"):
+        assert runc["rc"] in CREATE_FAILS and pyouki["rc"] == 126, pyouki
+    else:
+        assert pyouki["rc"] == runc["rc"], pyouki
+    controller = field.split(".")[0]
+    assert f"linux.resources.{field}: the {controller} controller is not available to the systemd user manager (" \
+        in pyouki["stderr"], pyouki
+    assert "/cgroup.controllers: none): the limit cannot be enforced" in pyouki["stderr"], pyouki
+
+
+def test_podman_systemd_refused_update_leaves_the_unit_as_it_was(facts: dict[str, Any]) -> None:
+    """pyouki refuses before SetUnitProperties (runc sets the property, then fails on the file)."""
+    assert facts["pyouki"]["cpu_quota"] == "infinity"
 
 
 def test_podman_systemd_pyouki_answers_as_runc(facts: dict[str, Any]) -> None:
     """Every scenario: the same exit status and output with both runtimes (ids aside)."""
     runc, pyouki = facts["runc"], facts["pyouki"]
     assert runc.keys() == pyouki.keys()
-    for key in runc.keys() - VARYING - LIMITS - {"cpu_quota"}:
+    for key in runc.keys() - VARYING - {"cpu_quota"}:
         a, b = runc[key], pyouki[key]
+        if key == "run_pids_limit" and a["rc"] in CREATE_FAILS:
+            a = dict(a, rc=126)  # see CREATE_FAILS
         if isinstance(a, dict):
             a, b = (a["rc"], a["stdout"].replace("runc", "RT")), (b["rc"], b["stdout"].replace("pyouki", "RT"))
         assert a == b, key

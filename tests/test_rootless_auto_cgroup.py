@@ -2,7 +2,8 @@
 
 - nspawn tier (tests/systemd/check_auto_cgroup.py, as a user logged in through PAM): with the
   user manager reachable the container lands in a transient ``Delegate=yes`` scope under
-  user@UID.service with its limits as unit properties, and delete removes it; with the user bus
+  user@UID.service, and delete removes it; limits are refused there (nspawn's cgroup v2 tree has
+  no controllers: as unit properties, systemd would take them and enforce nothing); with the user bus
   unreachable (absent or dead) it still runs, without a cgroup, when it asks for no limits, and
   create fails naming the first limit when it does; inside a delegated scope
   (``systemd-run --user --scope -p Delegate=yes``) its cgroup is a child of the scope's, and a
@@ -67,8 +68,6 @@ def test_user_manager_gives_a_delegated_scope(facts: dict[str, Any]) -> None:
     assert created["ActiveState"] == "active"
     assert created["Delegate"] is True
     assert created["ControlGroup"] == f"{USER_SERVICE}/user.slice/{unit}"
-    assert created["MemoryMax"] == 64 * MiB
-    assert created["TasksMax"] == 42
     assert created["procs"] == [f["pid"]]
     assert created["cgroup_owner"] == TEST_UID
     assert f["proc_cgroup"] == created["ControlGroup"]
@@ -81,6 +80,19 @@ def test_user_manager_gives_a_delegated_scope(facts: dict[str, Any]) -> None:
     assert f["exec_cgroup"] == created["ControlGroup"]
     assert f["ps"] == sorted([f["pid"], f["exec_pid"]])
     assert any(m.startswith("rootless: using the systemd user manager at unix:path=") for m in f["log"])
+
+
+def test_user_scope_refuses_limits_the_user_manager_cannot_enforce(facts: dict[str, Any]) -> None:
+    """They went to the unit as properties, which systemd took without a memory controller to
+    enforce them: create succeeded and the container ran without limits."""
+    refused = facts["auto"]["refused"]
+    assert refused["rc"] != 0
+    assert (refused["state_left"], refused["processes"], refused["unit_left"]) == ([], [], False)
+    line = refused["stderr"]
+    assert line.startswith("pyouki: linux.resources.memory: cannot be applied in systemd user scope pyouki-auto-"), line
+    assert (f"linux.resources.memory.limit: the memory controller is not available to the systemd user manager "
+            f"(/sys/fs/cgroup{USER_SERVICE}/cgroup.controllers: none): the limit cannot be enforced") in line
+    assert len(line.splitlines()) == 1
 
 
 @pytest.mark.parametrize("mode", ["no-bus", "dead-bus"])
@@ -97,7 +109,7 @@ def test_without_a_user_manager_runs_without_cgroups(facts: dict[str, Any], mode
 def test_without_a_user_manager_limits_are_refused(facts: dict[str, Any], mode: str) -> None:
     """runc too: "rootless needs no limits + no cgrouppath when no permission is granted"."""
     refused = facts[mode]["refused"]
-    assert refused["rc"] != 0 and refused["state_left"] == []
+    assert refused["rc"] != 0 and refused["state_left"] == [] and refused["processes"] == []
     line = refused["stderr"]
     assert line.startswith("pyouki: linux.resources.memory: cannot be applied: rootless and "), line
     assert "is not delegated to this user" in line and "Delegate=yes" in line and len(line.splitlines()) == 1
@@ -134,7 +146,7 @@ def test_delegated_limits_without_controllers_fail_create(facts: dict[str, Any])
     """nspawn's cgroup tree has no controllers: the limits cannot be written, so create fails
     naming the first (it used to warn and run without them, which the user could not see)."""
     refused = facts["delegated"]["refused"]
-    assert refused["rc"] != 0 and refused["state_left"] == []
+    assert refused["rc"] != 0 and refused["state_left"] == [] and refused["processes"] == []
     line = refused["stderr"]
     assert line.startswith("pyouki: linux.resources.memory: cannot be applied in cgroup "), line
     assert "(rootless)" in line and "cgroup.controllers" in line and len(line.splitlines()) == 1

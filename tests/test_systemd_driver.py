@@ -1,13 +1,16 @@
 """The systemd cgroup driver (pyouki/cgroups/systemd.py): logic, dead buses, and a real systemd.
 
-- pure logic: cgroupsPath parsing and the split of linux.resources between unit properties
-  and cgroupfs;
+- pure logic: cgroupsPath parsing, the split of linux.resources between unit properties
+  and cgroupfs, and which cgroup v2 controller each property needs;
 - host: ``--systemd-cgroup`` with a dead or hung bus fails in bounded time with one clear
   line and leaves nothing behind (no systemd needed);
 - nspawn tier: real pyouki containers with ``--systemd-cgroup`` inside a booted Debian
   (tests/systemd/check_driver.py), rootful on the system bus and rootless as a user logged in
   through PAM on the user bus: the unit is read back over D-Bus, the container's init is in
-  the scope's cgroup, ``update`` changes the unit, ``delete`` removes it.
+  the scope's cgroup, exec/ps/pause/freeze/kill join it, ``delete`` removes it. nspawn's cgroup
+  v2 tree has no controllers (this host keeps them on v1), so systemd would take MemoryMax=
+  and enforce nothing: a limit is refused naming its field, at create (nothing left behind)
+  and at update (the unit unchanged). Limits as unit properties, enforced: tests/vm/.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import pytest
 from harness import Bundle, Result, Runner, assert_failed_cleanly, marked_pids
 
-from pyouki.cgroups.systemd import parse_cgroups_path, split_resources
+from pyouki.cgroups.systemd import ENFORCED_BY, _manager_controllers, parse_cgroups_path, split_resources, unenforced
 from pyouki.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +114,70 @@ def test_check_before_update_goes_to_cgroupfs_with_the_limit() -> None:
     props, rest = split_resources({"memory": {"limit": 8 * MiB, "checkBeforeUpdate": True}}, rootless=True)
     assert props == {"MemoryMax": 8 * MiB}
     assert rest == {"memory": {"checkBeforeUpdate": True, "limit": 8 * MiB}}
+
+
+ALL_PROPERTIES = {
+    "memory": {"limit": 64 * MiB, "reservation": 32 * MiB, "swap": 128 * MiB},
+    "pids": {"limit": 42},
+    "cpu": {"shares": 512, "quota": 50_000, "period": 100_000, "cpus": "0", "mems": "0"},
+    "blockIO": {"weight": 500},
+}
+
+
+def test_every_unit_property_has_its_field_and_controller() -> None:
+    """A property resources_to_properties learns to set must say which controller enforces it."""
+    props, rest = split_resources(ALL_PROPERTIES, rootless=False)
+    assert rest == {}
+    assert props.keys() == ENFORCED_BY.keys()
+    assert {field for field, _ in ENFORCED_BY.values()} == {
+        "memory.limit", "memory.reservation", "memory.swap", "pids.limit", "cpu.shares", "cpu.quota",
+        "cpu.period", "cpu.cpus", "cpu.mems", "blockIO.weight"}
+
+
+@pytest.mark.parametrize(("resources", "available", "expected"), [
+    (ALL_PROPERTIES, {"cpuset", "cpu", "io", "memory", "pids"}, None),
+    (ALL_PROPERTIES, set(), ("memory.limit", "memory")),
+    (ALL_PROPERTIES, {"memory"}, ("pids.limit", "pids")),
+    (ALL_PROPERTIES, {"memory", "pids"}, ("cpu.shares", "cpu")),
+    (ALL_PROPERTIES, {"memory", "pids", "cpu"}, ("cpu.cpus", "cpuset")),
+    (ALL_PROPERTIES, {"memory", "pids", "cpu", "cpuset"}, ("blockIO.weight", "io")),
+    ({"memory": {"reservation": MiB}}, {"pids"}, ("memory.reservation", "memory")),
+    ({"cpu": {"quota": 20_000, "period": 50_000}}, {"pids"}, ("cpu.quota", "cpu")),  # what --cpus sets
+    ({"cpu": {"period": 50_000}}, {"pids"}, ("cpu.period", "cpu")),  # the field given, not the quota
+    ({"cpu": {"mems": "0"}}, {"cpu"}, ("cpu.mems", "cpuset")),
+    ({"pids": {"limit": 0}}, set(), ("pids.limit", "pids")),  # 0 is a limit (of one task)
+    # -1 asks for no limit: without the controller there is none, nothing is dropped
+    ({"memory": {"limit": -1}, "pids": {"limit": -1}, "cpu": {"quota": -1}}, set(), None),
+    ({"memory": {"limit": -1}, "pids": {"limit": 9}}, set(), ("pids.limit", "pids")),
+    # zero is "unset" for these (no property at all), as in runc
+    ({"memory": {"limit": 0}, "cpu": {"shares": 0, "quota": 0}}, set(), None),
+])
+def test_unenforced_names_the_first_field_without_its_controller(
+        resources: dict[str, Any], available: set[str], expected: tuple[str, str] | None) -> None:
+    props, _ = split_resources(resources, rootless=True)
+    assert unenforced(props, available) == expected
+
+
+def test_manager_controllers_of_the_system_and_user_managers(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    user = root / "user.slice/user-1000.slice/user@1000.service"
+    (user / "user.slice/pyouki-c1.scope").mkdir(parents=True)
+    (root / "system.slice/pyouki-c2.scope").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids rdma misc\n")
+    (user / "cgroup.controllers").write_text("memory pids\n")
+    (user / "user.slice/cgroup.controllers").write_text("\n")  # what the manager enabled, not the limit
+    scope = f"{user}/user.slice/pyouki-c1.scope"
+    # the system manager: the hierarchy's root
+    assert _manager_controllers(f"{root}/system.slice/pyouki-c2.scope", f"{root}/", False) == (
+        str(root), {"cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc"})
+    # a user manager: its user@UID.service, whatever it enabled below
+    assert _manager_controllers(scope, str(root), True) == (str(user), {"memory", "pids"})
+    (user / "cgroup.controllers").write_text("")
+    assert _manager_controllers(scope, str(root), True) == (str(user), set())
+    # nothing to check against: no user@ cgroup (a user manager in a container), or unreadable
+    assert _manager_controllers(f"{root}/app.slice/pyouki-c1.scope", str(root), True) is None
+    (root / "cgroup.controllers").unlink()
+    assert _manager_controllers(f"{root}/system.slice/pyouki-c2.scope", str(root), False) is None
 
 
 def test_rebuilding_from_state_imports_no_dbus() -> None:
@@ -242,8 +309,11 @@ EXPECTED_UNIT = {
 }
 
 
+INFINITY = 2**64 - 1  # a unit property nobody set: no limit
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
-def test_create_makes_a_delegated_unit_with_the_limits(facts: dict[str, Any], mode: str, run: str) -> None:
+def test_create_makes_a_delegated_unit(facts: dict[str, Any], mode: str, run: str) -> None:
     f = facts[mode][run]
     assert f["create"] == {"rc": 0, "stderr": ""}
     slice_, unit_pattern, cgroup_prefix = EXPECTED_UNIT[(mode, run)]
@@ -257,10 +327,9 @@ def test_create_makes_a_delegated_unit_with_the_limits(facts: dict[str, Any], mo
     assert created["Delegate"] is True
     assert created["Slice"] == slice_
     assert created["ControlGroup"] == cgroup_prefix + unit
-    assert created["MemoryMax"] == 64 * MiB
-    assert created["TasksMax"] == 42
-    assert created["CPUWeight"] == 20  # cpu.shares 512 with runc's conversion
-    assert created["CPUQuotaPerSecUSec"] == 500_000  # quota 50000 per 100000 period
+    assert created["MemoryMax"] == INFINITY  # no limits asked: none set
+    assert created["CPUQuotaPerSecUSec"] == INFINITY
+    assert created["files"]["cgroup.controllers"] == ""  # what makes limits impossible here
     assert created["cgroup_owner"] == (TEST_UID if mode == "rootless" else 0)
 
 
@@ -279,15 +348,46 @@ def test_rootful_device_filter_is_attached_to_the_scope(facts: dict[str, Any], r
     assert facts["rootful"][run]["device_programs"] == 1
 
 
+def _refusal(mode: str, field: str) -> str:
+    """The line pyouki prints for a limit nspawn's tree cannot enforce."""
+    controller = {"memory.limit": "memory", "pids.limit": "pids", "cpu.shares": "cpu"}[field]
+    if mode == "rootless":
+        who = "the systemd user manager"
+        where = f"/sys/fs/cgroup/user.slice/user-{TEST_UID}.slice/user@{TEST_UID}.service"
+    else:
+        who, where = "systemd", "/sys/fs/cgroup"
+    return (f"pyouki: linux.resources.{field}: the {controller} controller is not available to {who} "
+            f"({where}/cgroup.controllers: none): the limit cannot be enforced")
+
+
+LIMIT_FIELDS = ["memory.limit", "pids.limit", "cpu.shares"]
+
+
+@pytest.mark.parametrize("field", LIMIT_FIELDS)
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_limit_without_its_controller_is_refused_at_create(facts: dict[str, Any], mode: str, field: str) -> None:
+    """systemd accepts MemoryMax=/TasksMax=/CPUWeight= without the controller and enforces
+    nothing: pyouki reported success for a dropped limit. runc fails too (it writes the file)."""
+    f = facts[mode]["refused"][field]
+    assert (f["rc"], f["stderr"]) == (1, _refusal(mode, field))
+    assert f["unit_left"] is False
+    assert f["state_left"] == []
+    assert f["processes"] == []
+
+
 @pytest.mark.parametrize(("mode", "run"), RUNS)
-def test_update_changes_the_unit(facts: dict[str, Any], mode: str, run: str) -> None:
-    updated = facts[mode][run]["updated"]
-    assert updated["MemoryMax"] == 128 * MiB
-    assert updated["TasksMax"] == 99
-    assert updated["CPUWeight"] == 39  # cpu.shares 1024
-    assert updated["CPUQuotaPerSecUSec"] == 500_000  # untouched by the update
+def test_update_of_nothing_succeeds_and_a_limit_is_refused(facts: dict[str, Any], mode: str, run: str) -> None:
+    f = facts[mode][run]
+    assert f["update_nothing"] == {"rc": 0, "stderr": ""}
+    for field in LIMIT_FIELDS:
+        assert f["update_limits"][field] == {"rc": 1, "stderr": _refusal(mode, field)}, field
+    updated = f["updated"]  # refused before SetUnitProperties: the unit is as it was
+    assert updated["MemoryMax"] == INFINITY
+    assert updated["TasksMax"] == f["created"]["TasksMax"]
+    assert updated["CPUWeight"] == f["created"]["CPUWeight"]
+    assert updated["CPUQuotaPerSecUSec"] == INFINITY
     assert updated["Delegate"] is True
-    assert updated["procs"] == [facts[mode][run]["pid"]]
+    assert updated["procs"] == [f["pid"]]
 
 
 @pytest.mark.parametrize(("mode", "run"), RUNS)
@@ -367,7 +467,8 @@ def test_name_ending_in_slice_makes_a_slice(facts: dict[str, Any]) -> None:
     # systemd nests a slice by the dashes in its name, as runc's slices are
     assert f["created"]["ControlGroup"] == f"/pyt.slice/{unit}"
     assert f["created"]["procs"] == [f["pid"]]  # written through cgroupfs: a slice takes no PIDs
-    assert f["created"]["MemoryMax"] == 64 * MiB
-    assert f["updated"]["TasksMax"] == 99
+    assert f["update_nothing"] == {"rc": 0, "stderr": ""}
+    assert f["update_limits"]["pids.limit"] == {"rc": 1, "stderr": _refusal("rootful", "pids.limit")}
+    assert f["updated"]["TasksMax"] == f["created"]["TasksMax"]
     assert f["deleted"] == {"exists": False}
     assert f["cgroup_left"] is False

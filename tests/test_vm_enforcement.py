@@ -129,6 +129,25 @@ def test_update_changes_limits_live(guest: dict[str, Any], part: str) -> None:
     assert f["updated"]["cpu.weight"] == "20"  # not part of the update
 
 
+@pytest.mark.parametrize("part", ["rootless-systemd", "rootful-systemd"])
+def test_systemd_unit_holds_the_limits(guest: dict[str, Any], part: str) -> None:
+    """--systemd-cgroup: the limits are unit properties of the delegated scope, so systemd keeps
+    them, and update changes them there (the nspawn tier has no controllers: limits are refused)."""
+    f = _part(guest, part)["limits"]
+    created, updated = f["unit_created"], f["unit_updated"]
+    assert created["Delegate"] is True and created["ActiveState"] == "active"
+    assert created["MemoryMax"] == 32 * MiB
+    assert created["TasksMax"] == 20
+    assert created["CPUWeight"] == 20  # cpu.shares 512 with runc's conversion
+    assert created["CPUQuotaPerSecUSec"] == 200_000  # quota 20000 per 100000 period
+    assert updated["Delegate"] is True
+    assert updated["MemoryMax"] == 48 * MiB
+    assert updated["TasksMax"] == 30
+    assert updated["CPUWeight"] == 20  # not part of the update
+    assert updated["CPUQuotaPerSecUSec"] == 500_000
+    assert updated["procs"] == [f["pid"]]
+
+
 @pytest.mark.parametrize("part", PARTS)
 def test_memory_hog_is_oom_killed(guest: dict[str, Any], part: str) -> None:
     f = _part(guest, part)["memory_hog"]

@@ -2,8 +2,9 @@
 
 The container gets a transient scope (``Delegate=yes``) from the system manager (rootful) or
 the user manager (rootless). What systemd can express as unit properties (memory, pids, cpu
-weight/quota/cpus/mems, io weight) is set with StartTransientUnit/SetUnitProperties, so
-systemd knows and keeps the limits; everything else (device rules, hugetlb, unified keys, io
+weight/quota/cpus/mems, io weight) is set with SetUnitProperties, so systemd knows and keeps
+the limits, and refused when the manager has no cgroup v2 controller to enforce it (systemd
+would accept it and enforce nothing); everything else (device rules, hugetlb, unified keys, io
 throttles...) is written through cgroupfs into the unit's cgroup by the v1/v2 driver, which
 also serves freeze/thaw, pids, stats and kill. cgroupsPath is runc's ``slice:prefix:name``.
 
@@ -185,9 +186,35 @@ class SystemdCgroup:
             return
         props, rest = split_resources(resources, self.rootless)
         if props:
+            self._check_controllers(props, field)
             self.systemd().set_properties(self.unit, props)
         if rest:
             self._fs().set_resources(rest, field)
+
+    def _check_controllers(self, props: dict, field: str) -> None:
+        """Refuse a unit property whose cgroup v2 controller the manager cannot use.
+
+        systemd accepts MemoryMax= and the like for a controller it was never given (a host
+        keeping it on cgroup v1, a user manager without that delegation) and enforces nothing:
+        the limit would be dropped silently. runc fails there too (it also writes the cgroup
+        file, which is missing). Before SetUnitProperties, so a refused update changes nothing.
+        v1 hierarchies are systemd's own business and are not checked.
+        """
+        fs = self._fs().to_state()
+        if fs.get("driver") != "cgroupfs-v2":
+            return
+        found = _manager_controllers(str(fs["path"]), str(fs["mountpoint"]), self.user)
+        if found is None:
+            return
+        where, available = found
+        missing = unenforced(props, available)
+        if missing:
+            leaf, controller = missing
+            who = "the systemd user manager" if self.user else "systemd"
+            raise ConfigError(f"{field}.{leaf}", f"the {controller} controller is not available to {who} "
+                                                 f"({where}/cgroup.controllers: "
+                                                 f"{' '.join(sorted(available)) or 'none'}): "
+                                                 f"the limit cannot be enforced")
 
     def _fs(self) -> CgroupManager:
         if self.fs is None:
@@ -246,6 +273,49 @@ class SystemdCgroup:
         """What state.json keeps: the unit, which manager, and the cgroupfs driver's own state."""
         return {"driver": self.driver, "unit": self.unit, "slice": self.slice, "user": self.user,
                 "rootless": self.rootless, "fs": self.fs.to_state() if self.fs is not None else None}
+
+
+# Each unit property resources_to_properties sets: (its field under linux.resources, the cgroup v2
+# controller that enforces it). In the order of the fields in the spec, the quota before its
+# period: a quota with a period is named by the quota (a period alone by itself).
+ENFORCED_BY = {
+    "MemoryMax": ("memory.limit", "memory"), "MemoryLow": ("memory.reservation", "memory"),
+    "MemorySwapMax": ("memory.swap", "memory"), "TasksMax": ("pids.limit", "pids"),
+    "CPUWeight": ("cpu.shares", "cpu"), "CPUQuotaPerSecUSec": ("cpu.quota", "cpu"),
+    "CPUQuotaPeriodUSec": ("cpu.period", "cpu"), "AllowedCPUs": ("cpu.cpus", "cpuset"),
+    "AllowedMemoryNodes": ("cpu.mems", "cpuset"), "IOWeight": ("blockIO.weight", "io"),
+}
+
+
+def unenforced(props: dict, available: set[str]) -> tuple[str, str] | None:
+    """(field, controller) of the first property in props (in ENFORCED_BY's order) that asks for a
+    limit no controller in available enforces; None if all are enforced. "infinity" (-1: no
+    limit) needs no controller: without one there is no limit, which is what it asks for."""
+    from pyouki.dbus_native.properties import INFINITY
+
+    for prop, (leaf, controller) in ENFORCED_BY.items():
+        if prop in props and props[prop] != INFINITY and controller not in available:
+            return leaf, controller
+    return None
+
+
+def _manager_controllers(path: str, mountpoint: str, user: bool) -> tuple[str, set[str]] | None:
+    """(the manager's own cgroup, the controllers it may enable there) for the unit cgroup at path:
+    the hierarchy's root for the system manager, ``user@UID.service`` for a user manager, and
+    its cgroup.controllers. None when that cgroup cannot be found or read (nothing to check)."""
+    root = mountpoint.rstrip("/")
+    if user:
+        parts = path.split("/")
+        at = next((i for i, part in enumerate(parts) if part.startswith("user@") and part.endswith(".service")),
+                  None)
+        if at is None:
+            return None
+        root = "/".join(parts[:at + 1])
+    try:
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            return root, set(f.read().split())
+    except OSError:
+        return None
 
 
 def _state_paths(state: dict) -> list[str]:

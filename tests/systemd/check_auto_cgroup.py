@@ -6,9 +6,10 @@
     python3 check_auto_cgroup.py delegated  # inside `systemd-run --user --scope -p Delegate=yes`,
                                             # bus unreachable: a child of the scope's cgroup
 
-The bundle asks for limits (check_driver.RESOURCES); where they cannot be applied (no-bus,
-dead-bus, delegated without controllers) create must refuse them: those modes report that
-refusal as "refused" and run their lifecycle with a bundle that asks for no limits.
+Each mode runs its lifecycle with a bundle that asks for no limits, and reports as "refused"
+the create of one asking for limits (check_driver.RESOURCES): nspawn's cgroup v2 tree has no
+controllers, so they cannot be applied anywhere here (auto: the user manager has none to
+enforce them with) and create must refuse them, leaving nothing behind.
 
 Runs inside the nspawn container (tests/test_rootless_auto_cgroup.py) as the user logged in
 through PAM, with the repo at /src and busybox at /opt/busybox. Prints one JSON line of facts;
@@ -27,7 +28,7 @@ import tempfile
 import time
 from typing import Any
 
-from check_driver import CGROUP_ROOT, join_verbs, make_bundle, proc_cgroup, pyouki, unit_facts
+from check_driver import CGROUP_ROOT, _running, join_verbs, make_bundle, proc_cgroup, pyouki, unit_facts
 
 from pyouki.dbus_native.systemd import SystemdManager
 
@@ -46,30 +47,24 @@ def _no_bus_env(base: str) -> dict[str, str]:
     return dict(os.environ, DBUS_SESSION_BUS_ADDRESS=f"unix:path={empty}/bus", XDG_RUNTIME_DIR=empty)
 
 
-def _without_limits(bundle: str) -> None:
-    path = os.path.join(bundle, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config["linux"]["resources"] = {}
-    with open(path, "w") as f:
-        json.dump(config, f)
-
-
 def refused(cid: str, env: dict[str, str]) -> dict[str, Any]:
-    """create of the bundle with limits: rc, stderr and whether anything was left behind."""
+    """create of the bundle with limits: rc, stderr and whether anything was left behind (state,
+    the container's process, the unit it would have had)."""
     base = tempfile.mkdtemp(prefix="pyouki-refused-")
     root = os.path.join(base, "state")
     try:
-        bundle = make_bundle(base, True, None, ["sleep", "600"])
+        bundle = make_bundle(base, True, None, ["sleep", "6100"])
         res = pyouki("--root", root, "create", "--bundle", bundle, cid, env=env)
-        return {"rc": res.returncode, "stderr": res.stderr.strip(),
-                "state_left": os.listdir(root) if os.path.isdir(root) else []}
+        with SystemdManager.connect(user=True, timeout=10) as sd:
+            unit_left = sd.unit_exists(f"pyouki-{cid}.scope")
+        return {"rc": res.returncode, "stderr": res.stderr.strip(), "unit_left": unit_left,
+                "state_left": os.listdir(root) if os.path.isdir(root) else [], "processes": _running("6100")}
     finally:
         pyouki("--root", root, "delete", "--force", cid, env=env)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def lifecycle(cid: str, env: dict[str, str], with_unit: bool, limits: bool = True) -> dict[str, Any]:
+def lifecycle(cid: str, env: dict[str, str], with_unit: bool) -> dict[str, Any]:
     """create (with --debug --log) → read back → start → pause/resume → kill → delete."""
     base = tempfile.mkdtemp(prefix="pyouki-auto-")
     root = os.path.join(base, "state")
@@ -77,9 +72,7 @@ def lifecycle(cid: str, env: dict[str, str], with_unit: bool, limits: bool = Tru
     facts: dict[str, Any] = {"id": cid, "caller_cgroup": proc_cgroup(os.getpid())}
     sd = SystemdManager.connect(user=True, timeout=10) if with_unit else None
     try:
-        bundle = make_bundle(base, True, None, ["sleep", "600"])
-        if not limits:
-            _without_limits(bundle)
+        bundle = make_bundle(base, True, None, ["sleep", "600"], resources={})
         res = pyouki("--root", root, "--log", logf, "--log-format", "json", "--debug",
                      "create", "--bundle", bundle, cid, env=env)
         facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
@@ -135,11 +128,12 @@ def main() -> int:
     pid = os.getpid()
     if mode == "auto":
         out = lifecycle(f"auto-{pid}", dict(os.environ), with_unit=True)
+        out["refused"] = refused(f"auto-limits-{pid}", dict(os.environ))
     elif mode == "no-bus":
         base = tempfile.mkdtemp(prefix="pyouki-nobus-")
         try:
             env = _no_bus_env(base)
-            out = lifecycle(f"nobus-{pid}", env, with_unit=False, limits=False)
+            out = lifecycle(f"nobus-{pid}", env, with_unit=False)
             out["refused"] = refused(f"nobus-limits-{pid}", env)
         finally:
             shutil.rmtree(base, ignore_errors=True)
@@ -152,7 +146,7 @@ def main() -> int:
             s.bind(dead)
             s.close()  # the socket file stays and nobody listens: connection refused
             env["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={dead}"
-            out = lifecycle(f"deadbus-{pid}", env, with_unit=False, limits=False)
+            out = lifecycle(f"deadbus-{pid}", env, with_unit=False)
             out["refused"] = refused(f"deadbus-limits-{pid}", env)
         finally:
             shutil.rmtree(base, ignore_errors=True)
@@ -163,7 +157,7 @@ def main() -> int:
         try:
             own = CGROUP_ROOT + proc_cgroup(pid)
             env = _no_bus_env(base)
-            out = lifecycle(f"deleg-{pid}", env, with_unit=False, limits=False)
+            out = lifecycle(f"deleg-{pid}", env, with_unit=False)
             out["refused"] = refused(f"deleg-limits-{pid}", env)
             out["own_owner"] = os.stat(own).st_uid
             with open(os.path.join(own, "cgroup.procs")) as f:

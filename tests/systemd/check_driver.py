@@ -5,7 +5,10 @@
     python3 check_driver.py dead-bus   # as a user, DBUS_SESSION_BUS_ADDRESS at a dead socket
 
 Runs inside the nspawn container (tests/test_systemd_driver.py) with the repo at /src and the
-host's static busybox at /opt/busybox, and inside the qemu VM. Prints the facts it observed as
+host's static busybox at /opt/busybox; the qemu VM (tests/vm/guest.py) reuses its helpers.
+nspawn's cgroup v2 tree has no controllers (the host keeps them on v1): the lifecycle's
+containers ask for no limits, and each limit (LIMITS) must be refused, at create and at update,
+leaving nothing behind. Enforced limits are the qemu tier's. Prints the facts it observed as
 one JSON line for the pytest side to assert on; always kills and deletes its containers.
 """
 
@@ -34,7 +37,10 @@ RESOURCES = {
     "pids": {"limit": 42},
     "cpu": {"shares": 512, "quota": 50_000, "period": 100_000},
 }
-UPDATED = {"memory": {"limit": 128 * MiB}, "pids": {"limit": 99}, "cpu": {"shares": 1024}}
+# each one alone, refused without its controller: memory goes with the cgroup set-up, pids once
+# init is forked, cpu with both of its unit properties
+LIMITS = {"memory.limit": {"memory": {"limit": 64 * MiB}}, "pids.limit": {"pids": {"limit": 42}},
+          "cpu.shares": {"cpu": {"shares": 512, "quota": 50_000}}}
 UNIT_PROPS = ("Delegate", "MemoryMax", "TasksMax", "CPUWeight", "CPUQuotaPerSecUSec", "Slice",
               "ControlGroup")
 
@@ -53,8 +59,9 @@ def pyouki(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -
         return subprocess.CompletedProcess(args, rc, out.read(), err.read())
 
 
-def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[str]) -> str:
-    """A busybox bundle from `pyouki spec`, with the test's resources and cgroupsPath."""
+def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[str],
+                resources: dict[str, Any] | None = None) -> str:
+    """A busybox bundle from `pyouki spec`, with resources (default RESOURCES) and cgroupsPath."""
     bundle = os.path.join(base, "bundle")
     rootfs = os.path.join(bundle, "rootfs")
     os.makedirs(os.path.join(rootfs, "bin"))
@@ -72,7 +79,7 @@ def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[
         config = json.load(f)
     config["process"]["terminal"] = False
     config["process"]["args"] = args
-    config["linux"]["resources"] = json.loads(json.dumps(RESOURCES))
+    config["linux"]["resources"] = json.loads(json.dumps(RESOURCES if resources is None else resources))
     if cgroups_path:
         config["linux"]["cgroupsPath"] = cgroups_path
     else:
@@ -112,6 +119,16 @@ def proc_cgroup(pid: int) -> str:
     """The unified-hierarchy line of /proc/PID/cgroup."""
     with open(f"/proc/{pid}/cgroup") as f:
         return next(line.split(":", 2)[2] for line in f.read().splitlines() if line.startswith("0::"))
+
+
+def update_answer(root: str, cid: str, resources: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """`pyouki update --resources FILE`: its exit status and stderr."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(resources, f)
+    res = pyouki("--root", root, "update", "--resources", path, cid, env=env)
+    os.unlink(path)
+    return {"rc": res.returncode, "stderr": res.stderr.strip()}
 
 
 def update(root: str, cid: str, resources: dict[str, Any], env: dict[str, str]) -> str:
@@ -173,14 +190,16 @@ def join_verbs(root: str, cid: str, base: str, env: dict[str, str]) -> dict[str,
 
 
 def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, Any]:
-    """create → read back → start → update → freeze/thaw → exec/ps/pause → kill → delete, with facts at each step."""
+    """create → read back → start → update → freeze/thaw → exec/ps/pause → kill → delete, with facts
+    at each step. The container asks for no limits (device rules rootful); update with nothing to
+    change succeeds, update with a limit is refused and leaves the unit as it was."""
     env = dict(os.environ)
     base = tempfile.mkdtemp(prefix="pyouki-driver-")
     root = os.path.join(base, "state")
     facts: dict[str, Any] = {"id": cid}
     sd = SystemdManager.connect(user=rootless, timeout=10)
     try:
-        bundle = make_bundle(base, rootless, cgroups_path, ["sleep", "600"])
+        bundle = make_bundle(base, rootless, cgroups_path, ["sleep", "600"], resources={})
         res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid, env=env)
         facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
         if res.returncode:
@@ -203,7 +222,8 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
             facts["device_programs"] = _bpf.attached_program_count(CGROUP_ROOT + facts["created"]["ControlGroup"])
         res = pyouki("--root", root, "start", cid, env=env)
         facts["start_rc"] = res.returncode
-        facts["update_via"] = update(root, cid, UPDATED, env)
+        facts["update_nothing"] = update_answer(root, cid, {"memory": {"limit": 0}, "cpu": {"shares": 0}}, env)
+        facts["update_limits"] = {field: update_answer(root, cid, limit, env) for field, limit in LIMITS.items()}
         facts["updated"] = unit_facts(sd, unit)
         from pyouki.cgroups import manager_from_state
 
@@ -240,6 +260,40 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
     return facts
 
 
+def _running(marker: str) -> list[int]:
+    """Pids whose command line is `sleep MARKER`."""
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if f.read() == f"sleep\0{marker}\0".encode():
+                    out.append(int(p))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def refused_creates(rootless: bool) -> dict[str, Any]:
+    """A create with each limit of LIMITS alone: refused, with no unit, state or process left."""
+    out: dict[str, Any] = {}
+    with SystemdManager.connect(user=rootless, timeout=10) as sd:
+        for n, (field, limit) in enumerate(LIMITS.items()):
+            base = tempfile.mkdtemp(prefix="pyouki-refused-")
+            root = os.path.join(base, "state")
+            cid = f"refused-{n}-{os.getpid()}"
+            marker = str(7000 + n)
+            try:
+                bundle = make_bundle(base, rootless, None, ["sleep", marker], resources=limit)
+                res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid)
+                out[field] = {"rc": res.returncode, "stderr": res.stderr.strip(),
+                              "state_left": os.listdir(root) if os.path.isdir(root) else [],
+                              "processes": _running(marker), "unit_left": sd.unit_exists(f"pyouki-{cid}.scope")}
+            finally:
+                pyouki("--root", root, "delete", "--force", cid)
+                shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
 def failed_create(rootless: bool) -> dict[str, Any]:
     """A resource that fails after the unit exists (a cgroupfs write) must take the unit with it.
 
@@ -252,12 +306,8 @@ def failed_create(rootless: bool) -> dict[str, Any]:
     unit = f"pyouki-{cid}.scope"
     facts: dict[str, Any] = {"unit": unit}
     try:
-        bundle = make_bundle(base, rootless, None, ["sleep", "600"])
-        with open(os.path.join(bundle, "config.json")) as f:
-            config = json.load(f)
-        config["linux"]["resources"]["unified"] = {"memory.high": "1048576"}
-        with open(os.path.join(bundle, "config.json"), "w") as f:
-            json.dump(config, f)
+        bundle = make_bundle(base, rootless, None, ["sleep", "600"],
+                             resources={"unified": {"memory.high": "1048576"}})
         res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid)
         facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
         facts["state_left"] = os.listdir(root) if os.path.isdir(root) else []
@@ -304,11 +354,13 @@ def main() -> int:
         out = {"default": lifecycle(False, None, f"rootful-{os.getpid()}"),
                "explicit": lifecycle(False, f"machine.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
                "failed": failed_create(False),
+               "refused": refused_creates(False),
                "slice": lifecycle(False, f"system.slice:pyt:pyt-{os.getpid()}.slice", f"sl-{os.getpid()}")}
     elif mode == "rootless":
         out = {"default": lifecycle(True, None, f"rootless-{os.getpid()}"),
                "explicit": lifecycle(True, f"app.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
                "failed": failed_create(True),
+               "refused": refused_creates(True),
                "uid": os.getuid()}
     elif mode == "dead-bus":
         out = dead_bus()

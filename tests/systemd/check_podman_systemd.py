@@ -52,8 +52,9 @@ def configure(home: Path) -> None:
     runtimes = "\n".join(f'{n} = ["{p}"]' for n, p in RUNTIMES.items())
     (conf / "containers.conf").write_text(
         # no pids limit by default: the host's controllers stay on cgroup v1, so nspawn's v2 tree
-        # has no pids.max and runc fails writing podman's default one (pyouki sets TasksMax on
-        # the unit instead); the "run_pids_limit" scenario asks for one explicitly
+        # has no pids controller and both runtimes refuse podman's default one (runc writing
+        # pids.max, pyouki before TasksMax= that systemd would not enforce); the "run_pids_limit"
+        # scenario asks for one explicitly
         '[containers]\nnetns = "none"\npids_limit = 0\n'
         '[engine]\ncgroup_manager = "systemd"\nevents_logger = "file"\n'
         'runtime = "runc"\n'

@@ -163,15 +163,27 @@ class Part:
             with SystemdManager.connect(user=self.rootless, timeout=30) as sd:
                 facts["unit_left"] = sd.unit_exists(facts["unit"])
 
+    def unit(self, unit: str | None) -> dict[str, Any] | None:
+        """What the manager says of the container's unit (systemd parts): Delegate and the limits
+        as unit properties, which systemd keeps and applies again (e.g. on daemon-reload)."""
+        if not self.systemd or not unit:
+            return None
+        from pyouki.dbus_native.systemd import SystemdManager
+
+        with SystemdManager.connect(user=self.rootless, timeout=30) as sd:
+            return dict(self.drv.unit_facts(sd, unit))
+
     def limits(self) -> dict[str, Any]:
-        """The limit files before and after `update`."""
+        """The limit files (and unit properties) before and after `update`."""
         cid, cgroup, facts = self.create(["sleep", "1000"], json.loads(json.dumps(LIMITS)))
         if cgroup:
             try:
                 facts["files"] = {name: _read(os.path.join(cgroup, name)) for name in FILES}
                 facts["procs"] = _read(os.path.join(cgroup, "cgroup.procs"))
+                facts["unit_created"] = self.unit(facts.get("unit"))
                 facts["update_via"] = self.drv.update(self.root, cid, UPDATED, dict(os.environ))
                 facts["updated"] = {name: _read(os.path.join(cgroup, name)) for name in FILES}
+                facts["unit_updated"] = self.unit(facts.get("unit"))
             finally:
                 self.delete(cid, cgroup, facts)
         return facts
