@@ -16,7 +16,7 @@ from harness import Bundle, Runner, RuntimeInfo
 
 # What the hot paths may import beyond the interpreter's own start-up modules. Adding a module
 # here is a decision: it costs every engine call (measure it with `python -X importtime`, and in
-# instructions with callgrind: bench/README.md, "hot commands"). Their common cases run in
+# instructions with callgrind: the README's Performance section). Their common cases run in
 # pyouki.cli.hot, on pyouki.record: no `os` (5 M instructions, a quarter of the interpreter's
 # start), no error classes (~1 M) unless there is an error.
 ALLOWED = frozenset({
