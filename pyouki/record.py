@@ -49,7 +49,9 @@ def load(container_dir: str, container_id: str) -> dict:
     except FileNotFoundError:
         raise not_found(container_id) from None
     except OSError as e:
-        raise _error(f"failed to read state of container {container_id}: {_reason(e)}") from None
+        from pyouki.errors import reason
+
+        raise _error(f"failed to read state of container {container_id}: {reason(e)}") from None
     except (ValueError, EOFError, TypeError) as e:
         raise _error(f"failed to read state of container {container_id}: damaged record ({e})") from None
 
@@ -70,7 +72,9 @@ def lock(container_dir: str, container_id: str, blocking: bool = True) -> int:
     except FileNotFoundError:
         raise not_found(container_id) from None
     except OSError as e:
-        raise _error(f"failed to open the state of container {container_id}: {_reason(e)}") from None
+        from pyouki.errors import reason
+
+        raise _error(f"failed to open the state of container {container_id}: {reason(e)}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -288,12 +292,6 @@ def _error(message: str) -> Exception:
     from pyouki.errors import PyoukiError
 
     return PyoukiError(message)
-
-
-def _reason(e: OSError) -> str:
-    from pyouki.errors import reason
-
-    return reason(e)
 
 
 def _read(path: str) -> bytes:
