@@ -121,7 +121,7 @@ def readme(doc: dict[str, Any], command: str) -> str:
             continue
         pw = p["wall_ms"]["median"]
         rw = r["wall_ms"]["median"] if r.get("wall_ms") and not r.get("error") else None
-        over = f"+{pw - floor['median']:.1f} ms" if floor and key in ("state", "start", "kill", "delete") else ""
+        over = f"{pw - floor['median']:+.1f} ms" if floor and key in ("state", "start", "kill", "delete") else ""
         lines.append(f"| {label} | {pw:.1f} ms | {'-' if rw is None else f'{rw:.1f} ms'} | "
                      f"{'-' if rw is None else fmt_ratio(pw / rw)} | {over} |")
     if floor:

@@ -1,7 +1,5 @@
 """JSON output for state and list without importing `json` (5 ms on every `state`)."""
 
-from __future__ import annotations
-
 from pyouki.log import json_string
 
 

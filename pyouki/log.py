@@ -2,15 +2,14 @@
 
 Opened lazily: a command that logs nothing never touches the file, and JSON escaping needs no
 `json` import. Without --log, --debug writes the lines to stderr (as runc does); errors are
-left out there, as the one-line `pyouki: ...` message already says them.
+left out there, as the one-line `pyouki: ...` message already says them. No `os` either (posix
+has the same calls, built in): the commands' fast path (pyouki.cli.hot) logs through here too.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
 
-from pyouki.state import rfc3339_now
+from pyouki.record import rfc3339_now
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "fatal": 50, "panic": 50}
 _settings: dict = {"path": "", "format": "text", "level": 30, "fd": -1, "stderr": False}
@@ -24,13 +23,14 @@ def json_string(value: str) -> str:
 
 def configure(path: str | None, fmt: str = "text", level: str = "warning", debug: bool = False) -> None:
     """Open the log file (an unusable --log fails the command up front, like runc) and set the format."""
-    from pyouki.errors import PyoukiError, reason
-
     _settings["path"] = path or ""
     if path:
         try:
-            _settings["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC
+            _settings["fd"] = posix.open(path, flags, 0o600)
         except OSError as e:
+            from pyouki.errors import PyoukiError, reason
+
             _settings["path"] = ""
             raise PyoukiError(f"failed to open log file {path}: {reason(e)}") from None
     _settings["format"] = fmt if fmt in ("text", "json") else "text"
@@ -61,7 +61,7 @@ def log(level: str, msg: str) -> None:
     else:
         line = f'time="{rfc3339_now()}" level={level} msg={json_string(msg)}\n'
     try:
-        os.write(2 if to_stderr else _settings["fd"], line.encode())
+        posix.write(2 if to_stderr else _settings["fd"], line.encode())
     except OSError as e:
         if not to_stderr:
             from pyouki.errors import reason

@@ -17,49 +17,31 @@ from __future__ import annotations
 
 import marshal
 import os
-import time
 
-from pyouki.enginewords import EXISTS, NOT_EXIST, NOT_PAUSED, NOT_RUNNING
+from pyouki import record
+from pyouki.enginewords import EXISTS, NOT_PAUSED, NOT_RUNNING
 from pyouki.errors import (
     ContainerError,
     ContainerExists,
-    ContainerNotFound,
     ContainerNotPaused,
     ContainerNotRunning,
     PyoukiError,
     reason,
 )
 
-STATE_FILE = "state.bin"
-CREATING_FILE = "creating.bin"  # create's own facts (cgroup, init), written before the record
-CONFIG_FILE = "config.bin"  # the bundle's config as it was at create (exec needs it; the bundle may change)
-FIFO_FILE = "exec.fifo"
-MAX_ID_LENGTH = 1024
-_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_ID_REST = _ID_FIRST | frozenset("_.+-")
-
-
-def validate_id(container_id: str) -> str:
-    """Refuse ids that are empty, too long or could name a path outside the state dir."""
-    if not container_id:
-        raise PyoukiError("container id must not be empty")
-    if len(container_id) > MAX_ID_LENGTH:
-        raise PyoukiError(f"invalid container id: longer than {MAX_ID_LENGTH} characters")
-    if container_id[0] not in _ID_FIRST or not set(container_id) <= _ID_REST or ".." in container_id:
-        raise PyoukiError(
-            f"invalid container id {container_id!r}: must match [A-Za-z0-9][A-Za-z0-9_.+-]* without '..'"
-        )
-    return container_id
-
-
-def in_user_namespace() -> bool:
-    """True when this process runs in a user namespace other than the initial one."""
-    try:
-        with open("/proc/self/uid_map", "rb") as f:
-            fields = f.read().split()
-    except OSError:
-        return False
-    return fields[:3] != [b"0", b"0", b"4294967295"]
+# The record's file names, the id rules and the status facts are pyouki.record's, shared with the
+# commands' fast path (pyouki.cli.hot); these names stay importable from here.
+from pyouki.record import (  # noqa: F401
+    CONFIG_FILE,
+    CREATING_FILE,
+    FIFO_FILE,
+    MAX_ID_LENGTH,
+    STATE_FILE,
+    in_user_namespace,
+    process_start_time,
+    rfc3339_now,
+    validate_id,
+)
 
 
 def is_rootless(setting: str = "auto") -> bool:
@@ -73,24 +55,15 @@ def is_rootless(setting: str = "auto") -> bool:
 
 def default_root() -> str:
     """The state root: /run/pyouki for real root, $XDG_RUNTIME_DIR/pyouki otherwise."""
-    if os.geteuid() == 0 and not in_user_namespace():
-        return "/run/pyouki"
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime_dir and _usable_dir(runtime_dir):
-        return os.path.join(runtime_dir, "pyouki")
-    if os.geteuid() == 0:
-        # root inside a user namespace (rootless podman) with no runtime dir: runc uses /run
-        return "/run/pyouki"
+    root = record.default_root(os.environ.get("XDG_RUNTIME_DIR", ""))
+    if root is not None:
+        return root
     import platformdirs  # only on this fallback: it costs ~15 ms to import
 
     candidate = platformdirs.user_runtime_dir()
-    if _usable_dir(candidate):
+    if record.usable_dir(candidate):
         return os.path.join(candidate, "pyouki")
     return f"/tmp/pyouki-{os.geteuid()}"
-
-
-def _usable_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def ensure_root(root: str) -> str:
@@ -110,25 +83,6 @@ def ensure_root(root: str) -> str:
     return root
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of pid in clock ticks (field 22 of /proc/PID/stat), None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-def rfc3339_now() -> str:
-    """The current time as RFC 3339 with nanoseconds, in UTC, like Go's time.RFC3339Nano."""
-    ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
-
-
 class Container:
     """One container's directory and record, with the status derived from the facts."""
 
@@ -143,15 +97,7 @@ class Container:
     # -- record ---------------------------------------------------------------------------
     def load(self) -> Container:
         """Read the record; a container with no record does not exist (or is still being created)."""
-        try:
-            with open(os.path.join(self.dir, STATE_FILE), "rb") as f:
-                self.record = marshal.load(f)
-        except FileNotFoundError:
-            raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
-        except OSError as e:
-            raise PyoukiError(f"failed to read state of container {self.id}: {reason(e)}") from None
-        except (ValueError, EOFError, TypeError) as e:
-            raise PyoukiError(f"failed to read state of container {self.id}: damaged record ({e})") from None
+        self.record = record.load(self.dir, self.id)
         return self
 
     def save(self) -> None:
@@ -227,30 +173,9 @@ class Container:
 
     def _lock(self, blocking: bool) -> bool:
         # the errors carry runc's wording, which engines match ("container does not exist")
-        import fcntl
-
-        try:
-            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ContainerNotFound(f"{self.id}: {NOT_EXIST}") from None
-        except OSError as e:
-            raise PyoukiError(f"failed to open the state of container {self.id}: {reason(e)}") from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            held = os.fstat(fd)
-            try:
-                now = os.stat(self.dir)
-            except FileNotFoundError:
-                now = None
-            if held.st_nlink == 0 or now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-                raise ContainerNotFound(f"{self.id}: {NOT_EXIST}")
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = record.lock(self.dir, self.id, blocking)
+        if fd < 0:
+            return False
         self._lock_fd = fd
         return True
 
@@ -318,37 +243,15 @@ class Container:
     # -- status ---------------------------------------------------------------------------
     def alive(self) -> bool:
         """True while the container's init process runs (same pid, same start time)."""
-        pid = self.pid
-        return pid > 0 and process_start_time(pid) == self.record.get("pid_start")
+        return record.alive(self.record)
 
     def status(self) -> str:
         """creating, created, running, paused or stopped, derived from the facts now."""
-        if not self.record:
-            return "creating"
-        if not self.alive():
-            return "stopped"
-        if self.record.get("cgroup") and _cgroup_frozen(self.record):
-            return "paused"  # even a created container, like runc
-        if self.waiting_for_start():
-            return "created"
-        return "running"
+        return record.status(self.dir, self.record, _cgroup_frozen)
 
     def waiting_for_start(self) -> bool:
-        """True while init waits on exec.fifo for `start`.
-
-        The fifo's presence is not enough: `start` writes to it, then removes it, and a start
-        killed in between leaves it behind with init gone on to run the process. Init holds the
-        fifo open until it has read start's byte, so a writer can open it only while init waits
-        (ENXIO once nobody reads it); opening it writes nothing and disturbs nothing.
-        """
-        try:
-            fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            return e.errno != 6  # ENXIO: nobody waits; anything else (EACCES): trust its presence
-        os.close(fd)
-        return True
+        """True while init waits on exec.fifo for `start` (see pyouki.record.waiting_for_start)."""
+        return record.waiting_for_start(self.dir)
 
     # -- status guards: every verb asks here, so a status gets the same words and error type
     # from every verb, the CLI's and the Python API's alike. Each returns the status it checked
@@ -419,56 +322,17 @@ class Container:
     def oci_state(self) -> dict:
         """The state object of the OCI runtime spec (runtime.md, State), its keys in the order
         runc's `state` and `list --format json` print them (scripts compare the text)."""
-        from pyouki import OCI_VERSION
-
-        status = self.status()
-        state = {
-            "ociVersion": OCI_VERSION,
-            "id": self.id,
-            "pid": self.pid if status != "stopped" else 0,
-            "status": status,
-            "bundle": self.record.get("bundle", ""),
-            "rootfs": self.record.get("rootfs", ""),
-            "created": self.record.get("created", ""),
-        }
-        annotations = self.record.get("annotations")
-        if annotations:
-            state["annotations"] = annotations
-        state["owner"] = self.record.get("owner", "")
-        return state
+        return record.oci_state(self.id, self.record, self.status())
 
     def remove_dir(self) -> None:
-        """Remove the container's directory and everything in it.
-
-        The record goes first and creating.bin last: a delete killed half-way leaves a directory
-        that reads as a killed create, whose cgroup the next delete still finds.
-        """
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            return
-        names.sort(key=lambda n: (n != STATE_FILE, n == CREATING_FILE))
-        for name in names:
-            path = os.path.join(self.dir, name)
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):  # notify/ holds a socket
-                    for inner in os.listdir(path):
-                        os.unlink(os.path.join(path, inner))
-                    os.rmdir(path)
-                else:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self.dir)
-        except FileNotFoundError:
-            pass
+        """Remove the container's directory and everything in it (record first, creating.bin last)."""
+        record.remove_dir(self.dir)
 
 
-def _cgroup_frozen(record: dict) -> bool:
+def _cgroup_frozen(cgroup: dict) -> bool:
     from pyouki.cgroups import frozen_from_state  # reads the one file; no driver import
 
-    return frozen_from_state(record["cgroup"])
+    return frozen_from_state(cgroup)
 
 
 def list_ids(root: str) -> list[str]:

@@ -75,15 +75,13 @@ def frozen_from_state(d: dict) -> bool:
     import the driver modules (~3 ms). Anything other than a plain cgroupfs v1/v2 record (or one
     of those under a systemd unit or a lenient rootless wrapper) goes through the manager.
     """
-    driver = d.get("driver")
-    if driver == "systemd" and d.get("fs"):
+    from pyouki.record import frozen_plain
+
+    frozen = frozen_plain(d)
+    if frozen is not None:
+        return frozen
+    if d.get("driver") == "systemd" and d.get("fs"):
         d = d["fs"]
-        driver = d.get("driver")
-    if driver == "cgroupfs-v1":
-        freezer = (d.get("paths") or {}).get("freezer")
-        return bool(freezer) and _read(os.path.join(str(freezer), "freezer.state")) == b"FROZEN"
-    if driver == "cgroupfs-v2" and d.get("path"):
-        return b"frozen 1" in _read(os.path.join(d["path"], "cgroup.events")).splitlines()
     manager = manager_from_state(d)
     return manager is not None and manager.state() == "frozen"
 
@@ -95,33 +93,12 @@ def remove_from_state(d: dict) -> None:
     the container made no child cgroups, without importing a driver (~2 ms). Anything else (a
     child cgroup, an error, another driver) goes through the manager, which reports it.
     """
-    driver = d.get("driver")
-    if driver == "cgroupfs-v1":
-        dirs = [*dict.fromkeys((d.get("paths") or {}).values()), *([d["unified"]] if d.get("unified") else [])]
-    elif driver == "cgroupfs-v2":
-        dirs = [d.get("path")]
-    else:
-        dirs = [None]
-    try:
-        for path in dirs:
-            if not path:
-                raise OSError
-            try:
-                os.rmdir(path)
-            except FileNotFoundError:
-                pass
-    except OSError:
+    from pyouki.record import remove_plain
+
+    if not remove_plain(d):
         manager = manager_from_state(d)
         if manager is not None:
             manager.remove()
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read().strip()
-    except OSError:
-        return b""
 
 
 def detect_mode(root: str = "/sys/fs/cgroup") -> str:

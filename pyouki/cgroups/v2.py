@@ -8,7 +8,6 @@ rules become an eBPF program attached to the cgroup (see devices.py and _bpf.py)
 from __future__ import annotations
 
 import os
-import signal
 
 from pyouki.cgroups import common as c
 from pyouki.errors import ConfigError, PyoukiError
@@ -119,7 +118,7 @@ class V2Manager:
 
     def kill_all(self, sig: int) -> None:
         """SIGKILL through cgroup.kill when the kernel has it; otherwise freeze, signal each, thaw."""
-        if sig == signal.SIGKILL and os.path.exists(os.path.join(self.path, "cgroup.kill")):
+        if sig == 9 and os.path.exists(os.path.join(self.path, "cgroup.kill")):  # SIGKILL (signal: 4 ms of enum)
             try:
                 c.write_file(self.path, "cgroup.kill", "1", "cgroup.kill")
                 return

@@ -11,8 +11,10 @@ signal N). `run` deletes the container afterwards unless --keep.
 
 from __future__ import annotations
 
+# the interpreter's own _signal, loaded at its start: `signal` wraps it in enums (4 ms of enum,
+# functools and collections on every foreground run and exec)
+import _signal
 import os
-import signal
 
 from pyouki import syscalls as sc
 from pyouki.create import CreateOptions, create
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from pyouki.exec import ExecOptions
 
 # not forwarded: SIGCHLD is ours, SIGWINCH and SIGURG are noise without a terminal, KILL/STOP can't be caught
-_NOT_FORWARDED = {signal.SIGCHLD, signal.SIGKILL, signal.SIGSTOP, signal.SIGWINCH, signal.SIGURG}
+_NOT_FORWARDED = {_signal.SIGCHLD, _signal.SIGKILL, _signal.SIGSTOP, _signal.SIGWINCH, _signal.SIGURG}
 
 
 def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
@@ -62,7 +64,7 @@ def exec_process(root: str, container_id: str, opts: ExecOptions) -> int:
     child, master = start_process(root, container_id, opts)
     if opts.detach:
         return 0
-    forward_signals(child, except_=(signal.SIGWINCH,) if master >= 0 else ())
+    forward_signals(child, except_=(_signal.SIGWINCH,) if master >= 0 else ())
     if master >= 0:
         from pyouki.console import relay
 
@@ -79,10 +81,10 @@ def forward_signals(pid: int, except_: tuple[int, ...] = ()) -> None:
         except ProcessLookupError:
             pass
 
-    for sig in signal.valid_signals():
+    for sig in _signal.valid_signals():
         if sig not in _NOT_FORWARDED and sig not in except_:
             try:
-                signal.signal(sig, forward)
+                _signal.signal(sig, forward)
             except (OSError, ValueError):
                 pass
 
