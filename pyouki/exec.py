@@ -304,40 +304,42 @@ def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
 def _intermediate(plan: init.ProcessPlan, listen_fds: int | None, down: Channel, up: Channel) -> None:
     """Join the container's namespaces and fork the process into them; never returns."""
     from pyouki import init
-
-    init.run_reporting(up, "exec set-up", 1, _join_and_fork, plan, listen_fds, down, up)
-
-
-def _join_and_fork(plan: init.ProcessPlan, listen_fds: int | None, down: Channel, up: Channel) -> None:
-    from pyouki import init
     from pyouki.execstub import ExecStub
 
-    init.die_with(plan.parent_pid)
-    # nothing in the container may ptrace us or read our memory while we hold host fds
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
-    plan.preserve_fds += init.listen_fds() if listen_fds is None else listen_fds
-    # on the host, before the container's filesystem and seccomp filter
-    stub = ExecStub.prepare(3 + plan.preserve_fds)
-    if down.receive()[0] != "go":
-        os._exit(1)
-    down.close()
-    plan.setgroups_allowed = init.join_namespaces(plan)
-    pid = fork_child(init.run_reporting, up, "exec", 127, _process, plan, up, stub)
-    up.send("pid", str(pid))
-    os._exit(0)
+    try:
+        init.die_with(plan.parent_pid)
+        # nothing in the container may ptrace us or read our memory while we hold host fds
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
+        plan.preserve_fds += init.listen_fds() if listen_fds is None else listen_fds
+        # on the host, before the container's filesystem and seccomp filter
+        stub = ExecStub.prepare(3 + plan.preserve_fds)
+        if down.receive()[0] != "go":
+            os._exit(1)
+        down.close()
+        plan.setgroups_allowed = init.join_namespaces(plan)
+        pid = fork_child(_process, plan, up, stub)
+        up.send("pid", str(pid))
+        os._exit(0)
+    except BaseException as e:  # noqa: BLE001 - must reach the caller as one line
+        init.report_failure(up, "exec set-up", e)
+    os._exit(1)
 
 
 def _process(plan: init.ProcessPlan, up: Channel, stub: ExecStub) -> None:
-    """Become the process and exec it (init.become_and_exec); errors go back over up."""
+    """Become the process and exec it (init.become_and_exec); errors go back over up; never returns."""
     from pyouki import init
 
-    sc.prctl(sc.PR_SET_PDEATHSIG, 0)
-    # before any path resolves in the container: no fd of the caller's but stdio and the
-    # preserved ones may be reachable through /proc/self/fd/N (CVE-2024-21626)
-    init.close_fds(3 + plan.preserve_fds, plan.own_fds(up, stub))
-    final = cpu_affinity(plan.process, "final")
-    if final:  # in the container's cgroup now (a cpuset there reset what initial set)
-        set_affinity(final, "process.execCPUAffinity.final")
-    os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
-    init.become_and_exec(plan, stub)
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+        # before any path resolves in the container: no fd of the caller's but stdio and the
+        # preserved ones may be reachable through /proc/self/fd/N (CVE-2024-21626)
+        init.close_fds(3 + plan.preserve_fds, plan.own_fds(up, stub))
+        final = cpu_affinity(plan.process, "final")
+        if final:  # in the container's cgroup now (a cpuset there reset what initial set)
+            set_affinity(final, "process.execCPUAffinity.final")
+        os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
+        init.become_and_exec(plan, stub)
+    except BaseException as e:  # noqa: BLE001
+        init.report_failure(up, "exec", e)
+    os._exit(127)

@@ -1,5 +1,5 @@
 """The forked side of `create`: the intermediate process and the container's init; and what
-exec's children share with them (ProcessPlan, join_namespaces, become_and_exec, run_reporting).
+exec's children share with them (ProcessPlan, join_namespaces, become_and_exec, report_failure).
 
 Runs after os.fork() of the parent. After pivot_root the host's Python library is out of reach,
 so every module used here is imported at the top of this file, in the parent, before the fork.
@@ -166,19 +166,15 @@ def die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
-def run_reporting(up: Channel, what: str, status: int, body: Callable[..., object], *args: object) -> None:
-    """In a forked child (an intermediate, init, exec's process): body(*args), which does not
-    return unless it fails; its error reaches the parent over up as one line (`WHAT failed: ...`
-    for what is not a PyoukiError), then os._exit(status). Never returns."""
-    try:
-        body(*args)
-    except PyoukiError as e:
-        _report(up, str(e))
-    except OSError as e:
-        _report(up, f"{what} failed: {reason(e)}")
-    except BaseException as e:  # noqa: BLE001 - anything else must still reach the caller as one line
-        _report(up, f"{what} failed: {e}")
-    os._exit(status)
+def report_failure(up: Channel, what: str, error: BaseException) -> None:
+    """A forked child's error (an intermediate's, init's, exec's process's) to the parent over up,
+    as one line: a PyoukiError as it is, anything else as `WHAT failed: ...`."""
+    if isinstance(error, PyoukiError):
+        _report(up, str(error))
+    elif isinstance(error, OSError):
+        _report(up, f"{what} failed: {reason(error)}")
+    else:
+        _report(up, f"{what} failed: {error}")
 
 
 def join_namespaces(plan: ProcessPlan) -> bool:
@@ -215,63 +211,63 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
     It lives on after that, idle, until create has recorded the container and kills it: init's
     parent-death signal is tied to it, and its own to create.
     """
-    run_reporting(up, "container set-up", 1, _intermediate, plan, down, up)
-
-
-def _intermediate(plan: Plan, down: Channel, up: Channel) -> None:
-    die_with(plan.parent_pid)  # die with create while the set-up is under way
-    oom = plan.process.get("oomScoreAdj")
-    if oom is not None:
-        _write_oom_score_adj(oom)
-    join_namespaces(plan)
-    if plan.new_userns:
-        try:
-            sc.unshare(sc.CLONE_NEWUSER)
-        except OSError as e:
-            raise PyoukiError(f"failed to create a user namespace: {reason(e)}") from None
-    up.send("map")
-    verb, arg = down.receive()
-    if verb != "mapped":
-        os._exit(1)  # the parent reports its own error
-    plan.setgroups_allowed = arg == "1" and setgroups_allowed()
-    if any(m.get("type") == "cgroup" for m in plan.config.get("mounts") or []):
-        # in our cgroup now, and not yet in a cgroup namespace that hides where it is
-        plan.cgroups = CgroupView(cgroup_hierarchies(plan.rootfs), "cgroup" in plan.namespaces)
-    if plan.new_userns:
-        try:
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
-        except OSError:
-            pass  # 0 is not mapped: stay the overflow id, with full capabilities inside
-        die_with(plan.parent_pid)  # a change of credentials clears the parent-death signal
-    # from here on, no process in the container may ptrace us or read our memory
-    sc.prctl(sc.PR_SET_DUMPABLE, 0)
-    flags = 0
-    for kind, path in plan.namespaces.items():
-        if path is None and kind != "user":
-            flags |= NS_FLAGS[kind]
     try:
-        sc.unshare(flags)
-    except OSError as e:
-        names = ", ".join(k for k, p in plan.namespaces.items() if p is None and k != "user")
-        raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {reason(e)}") from None
-    if "network" in plan.namespaces and plan.namespaces["network"] is None:
+        die_with(plan.parent_pid)  # die with create while the set-up is under way
+        oom = plan.process.get("oomScoreAdj")
+        if oom is not None:
+            _write_oom_score_adj(oom)
+        join_namespaces(plan)
+        if plan.new_userns:
+            try:
+                sc.unshare(sc.CLONE_NEWUSER)
+            except OSError as e:
+                raise PyoukiError(f"failed to create a user namespace: {reason(e)}") from None
+        up.send("map")
+        verb, arg = down.receive()
+        if verb != "mapped":
+            os._exit(1)  # the parent reports its own error
+        plan.setgroups_allowed = arg == "1" and setgroups_allowed()
+        if any(m.get("type") == "cgroup" for m in plan.config.get("mounts") or []):
+            # in our cgroup now, and not yet in a cgroup namespace that hides where it is
+            plan.cgroups = CgroupView(cgroup_hierarchies(plan.rootfs), "cgroup" in plan.namespaces)
+        if plan.new_userns:
+            try:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+            except OSError:
+                pass  # 0 is not mapped: stay the overflow id, with full capabilities inside
+            die_with(plan.parent_pid)  # a change of credentials clears the parent-death signal
+        # from here on, no process in the container may ptrace us or read our memory
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        flags = 0
+        for kind, path in plan.namespaces.items():
+            if path is None and kind != "user":
+                flags |= NS_FLAGS[kind]
         try:
-            sc.set_link_up("lo")  # a new network namespace starts with lo down; runc brings it up
-        except PermissionError:
-            # no CAP_NET_ADMIN here (e.g. under systemd-nspawn): the container still runs, with
-            # lo down, rather than not at all
-            from pyouki import log
+            sc.unshare(flags)
+        except OSError as e:
+            names = ", ".join(k for k, p in plan.namespaces.items() if p is None and k != "user")
+            raise PyoukiError(f"linux.namespaces: failed to create namespaces ({names}): {reason(e)}") from None
+        if "network" in plan.namespaces and plan.namespaces["network"] is None:
+            try:
+                sc.set_link_up("lo")  # a new network namespace starts with lo down; runc brings it up
+            except PermissionError:
+                # no CAP_NET_ADMIN here (e.g. under systemd-nspawn): the container still runs, with
+                # lo down, rather than not at all
+                from pyouki import log
 
-            log.warning("could not bring up lo in the new network namespace: operation not permitted")
-    if "time" in plan.namespaces and plan.namespaces["time"] is None:
-        _write_time_offsets(plan.linux.get("timeOffsets") or {})
-    pid = fork_child(container_init, plan, up, down)
-    up.send("pid", str(pid))
-    up.close()
-    down.close()
-    while True:  # until create kills us (or we die with it)
-        select.select([], [], [])
+                log.warning("could not bring up lo in the new network namespace: operation not permitted")
+        if "time" in plan.namespaces and plan.namespaces["time"] is None:
+            _write_time_offsets(plan.linux.get("timeOffsets") or {})
+        pid = fork_child(container_init, plan, up, down)
+        up.send("pid", str(pid))
+        up.close()
+        down.close()
+        while True:  # until create kills us (or we die with it)
+            select.select([], [], [])
+    except BaseException as e:  # noqa: BLE001 - anything must still reach the caller as one line
+        report_failure(up, "container set-up", e)
+    os._exit(1)
 
 
 def setgroups_allowed() -> bool:
@@ -317,19 +313,19 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
     It dies with the intermediate (which dies with create) by a parent-death signal, and after
     `ready` waits for create's `created`; end-of-file instead means create is gone.
     """
-    run_reporting(up, "container init", 127, _init, plan, up, down)
-
-
-def _init(plan: Plan, up: Channel, down: Channel) -> None:
-    sc.prctl(sc.PR_SET_PDEATHSIG, 9)
-    if _creator_gone(down):  # create (and so the intermediate) died before the signal was armed
-        os._exit(1)
-    os.setsid()
-    stub = ExecStub.prepare(3 + plan.preserve_fds)  # before the container's filesystem and seccomp
-    if plan.new_keyring:
-        _new_session_keyring(plan.container_id)
-    _setup(plan, up, down, stub)
-    become_and_exec(plan, stub, lambda exe, env: _until_start(plan, up, down, exe, env))
+    try:
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        if _creator_gone(down):  # create (and so the intermediate) died before the signal was armed
+            os._exit(1)
+        os.setsid()
+        stub = ExecStub.prepare(3 + plan.preserve_fds)  # before the container's filesystem and seccomp
+        if plan.new_keyring:
+            _new_session_keyring(plan.container_id)
+        _setup(plan, up, down, stub)
+        become_and_exec(plan, stub, lambda exe, env: _until_start(plan, up, down, exe, env))
+    except BaseException as e:  # noqa: BLE001
+        report_failure(up, "container init", e)
+    os._exit(127)
 
 
 def _until_start(plan: Plan, up: Channel, down: Channel, exe: str, env: dict[str, str]) -> None:

@@ -1,5 +1,5 @@
 """The one spawn path's logic (pyouki.spawn): the parent's loop over the channel for both roles,
-the kill after an error, and the children's one-line errors (pyouki.init.run_reporting). Real
+the kill after an error, and the children's one-line errors (pyouki.init.report_failure). Real
 forks and pipes; the children play the intermediate and the container's process, no containers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from pyouki.channel import Channel, fork_child
 from pyouki.errors import PyoukiError
-from pyouki.init import ProcessPlan, run_reporting
+from pyouki.init import ProcessPlan, report_failure
 from pyouki.spawn import Spawn
 from pyouki.state import process_start_time
 
@@ -111,23 +111,27 @@ def test_kill_ends_the_process_and_the_intermediate() -> None:
         os.waitpid(role.intermediate, 0)  # reaped by kill()
 
 
-@pytest.mark.parametrize(("error", "line", "status"), [
+@pytest.mark.parametrize(("error", "line"), [
     (PyoukiError("process.cwd: failed to change to /x: no such file or directory"),
-     "process.cwd: failed to change to /x: no such file or directory", 127),
-    (FileNotFoundError(2, "No such file or directory"), "exec failed: no such file or directory", 127),
-    (KeyError("args"), "exec failed: 'args'", 1),
+     "process.cwd: failed to change to /x: no such file or directory"),
+    (FileNotFoundError(2, "No such file or directory"), "exec failed: no such file or directory"),
+    (KeyError("args"), "exec failed: 'args'"),
 ])
-def test_a_forked_bodys_error_is_one_line_and_its_status(error: BaseException, line: str, status: int) -> None:
+def test_a_forked_bodys_error_is_one_line(error: BaseException, line: str) -> None:
     r, w = os.pipe()
     up = Channel(write_fd=w)
 
     def body() -> None:
-        raise error
+        try:
+            raise error
+        except BaseException as e:  # noqa: BLE001 - as the forked bodies do
+            report_failure(up, "exec", e)
+        os._exit(127)
 
-    pid = fork_child(run_reporting, up, "exec", status, body)
+    pid = fork_child(body)
     up.close()
     reader = Channel(read_fd=r)
     assert reader.receive() == ("error", line)
     assert reader.receive() == ("eof", "")
     reader.close()
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == status
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 127
