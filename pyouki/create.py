@@ -11,6 +11,9 @@ A create that is killed cannot clean up, so nothing it starts outlives it until 
 is recorded: the intermediate dies with the parent (parent-death signal), init with the
 intermediate, which stays until the parent releases init after saving the record; and
 `creating.bin` names the cgroup and init for a later `delete` of the directory left behind.
+
+The fork and the channel are pyouki.spawn's (shared with exec, the role that joins an existing
+container); the children's side is pyouki.init.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from __future__ import annotations
 import os
 
 from pyouki import hooks, log, notify
-from pyouki.channel import Channel, fork_child, pipe_pair
 from pyouki.config import load_bundle, namespaces, validate
 from pyouki.errors import PyoukiError, reason
+from pyouki.spawn import Spawn, kill_and_reap, pass_master
 from pyouki.state import FIFO_FILE, Container, process_start_time, rfc3339_now
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from pyouki import init
     from pyouki.cgroups.manager import CgroupManager
+    from pyouki.channel import Channel
     from pyouki.intelrdt import Rdt
     from pyouki.netdev import NetDevices
 
@@ -119,7 +123,7 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
             spawned = _spawn(config, bundle, rootfs, opts, fifo_fd, container, cgroup, rdt, netdevs)
         finally:
             os.close(fifo_fd)
-        init_pid, master = spawned.init_pid, spawned.master
+        init_pid = spawned.pid
         if rdt is not None:
             rdt.add_task(init_pid)  # init still waits for start: the container process runs in the group
         nss = namespaces(config)
@@ -145,15 +149,8 @@ def create(opts: CreateOptions, subreaper: bool = False, foreground: bool = Fals
         container.save()
         if opts.pid_file:
             write_pid_file(opts.pid_file, init_pid)
-        if master >= 0 and opts.console_socket:
-            from pyouki.console import send_to_console_socket
-
-            try:
-                send_to_console_socket(opts.console_socket, master)
-            finally:
-                os.close(master)
-            master = -1
-        container.console_master = master
+        master, spawned.master = spawned.master, -1
+        container.console_master = pass_master(master, opts.console_socket)
         spawned.release()
     except BaseException:
         if netdevs is not None:
@@ -239,84 +236,6 @@ def _owner_name() -> str:
     return str(uid)
 
 
-def kill_and_reap(pid: int) -> None:
-    """SIGKILL a process we started and reap it when it is ours (child, or orphan of our subreaping);
-    otherwise (init is the intermediate's child) wait until it has exited, so that its cgroup is
-    empty by the time the caller removes it."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return  # gone already
-    try:
-        try:
-            os.kill(pid, 9)  # SIGKILL; the signal module costs 3 ms to import
-        except ProcessLookupError:
-            return
-        try:
-            os.waitpid(pid, 0)  # ours when we are its subreaper
-            return
-        except ChildProcessError:
-            pass
-        import select
-
-        select.select([pidfd], [], [], 5.0)  # readable once it has exited
-    finally:
-        os.close(pidfd)
-
-
-class _Spawned:
-    """The intermediate process and init of a create, until init is released (or killed)."""
-
-    def __init__(self, intermediate: int, up: Channel, down: Channel) -> None:
-        self.intermediate = intermediate
-        self.init_pid = 0
-        self.init_start: int | None = None
-        self.master = -1  # the terminal's master fd, -1 without a terminal
-        self.up = up
-        self.down = down
-
-    def release(self) -> None:
-        """The container is recorded: tell init to go on by itself (it drops its parent-death
-        signal and closes its end), wait for that, then end the intermediate."""
-        try:
-            self.down.send("created")
-            while self.up.receive()[0] != "eof":
-                pass
-        except OSError:
-            pass  # init is gone already: the container is simply stopped
-        self._close()
-        kill_and_reap(self.intermediate)
-
-    def kill(self) -> None:
-        """Kill and reap what was started (after an error)."""
-        self._close()
-        if self.init_pid and process_start_time(self.init_pid) == self.init_start:
-            kill_and_reap(self.init_pid)
-        kill_and_reap(self.intermediate)  # still holds init as its child: the pid cannot be reused before
-
-    def _close(self) -> None:
-        self.up.close()
-        self.down.close()
-
-
-def _start_intermediate(plan: init.Plan, lock_fd: int, console_parent: object, up: Channel, down_w: Channel,
-                        down_r: Channel, up_w: Channel, stdio: object = None) -> None:
-    """In the forked child: drop the parent's ends, then become the intermediate process."""
-    from pyouki import init
-
-    if console_parent is not None:
-        console_parent.close()  # type: ignore[attr-defined]
-    # the lock is on the open file description: a child holding it would keep it forever
-    os.close(lock_fd)
-    up.close()
-    down_w.close()
-    if stdio is not None:  # the API's stdio for the container (the CLI's are inherited)
-        from pyouki.process import redirect_stdio
-
-        redirect_stdio(stdio)  # type: ignore[arg-type]
-    init.intermediate(plan, Channel(read_fd=down_r.read_fd), Channel(write_fd=up_w.write_fd))
-
-
 def _creating_facts(cgroup: CgroupManager | None, rdt: Rdt | None, init_pid: int = 0,
                     init_start: int | None = None) -> dict:
     """What a killed create leaves for `delete` to remove (state.CREATING_FILE)."""
@@ -327,8 +246,49 @@ def _creating_facts(cgroup: CgroupManager | None, rdt: Rdt | None, init_pid: int
     return facts
 
 
+class _Creation(Spawn):
+    """create's role on the spawn path: the intermediate creates the namespaces and forks init,
+    which waits for `created` once ready."""
+
+    def __init__(self, plan: init.Plan, opts: CreateOptions, container: Container, cgroup: CgroupManager | None,
+                 rdt: Rdt | None, netdevs: NetDevices | None) -> None:
+        super().__init__(plan, plan.linux.get("seccomp"))
+        self.plan: init.Plan = plan
+        self.opts = opts
+        self.container = container
+        self.cgroup = cgroup
+        self.rdt = rdt
+        self.netdevs = netdevs
+
+    def on_map(self) -> None:
+        _enter_cgroup_and_map_ids(self.plan, self.intermediate, self.down, self.cgroup)
+
+    def on_pid(self) -> None:
+        self.container.save_creating(_creating_facts(self.cgroup, self.rdt, self.pid, self.pid_start))
+        if self.netdevs is not None:  # init's network namespace exists: before the create hooks
+            self.netdevs.move_into(self.pid)
+
+    def on_hooks(self) -> None:
+        _run_create_hooks(self.plan.config, self.opts, self.plan.bundle, self.pid, self.down)
+
+    def agent_state(self) -> dict:
+        return _creating_state(self.plan.config, self.opts, self.plan.bundle, self.pid)
+
+    def release(self) -> None:
+        """The container is recorded: tell init to go on by itself (it drops its parent-death
+        signal and closes its end), wait for that, then end the intermediate."""
+        try:
+            self.down.send("created")
+            while self.up.receive()[0] != "eof":
+                pass
+        except OSError:
+            pass  # init is gone already: the container is simply stopped
+        self.close()
+        kill_and_reap(self.intermediate)
+
+
 def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd: int, container: Container,
-           cgroup: CgroupManager | None, rdt: Rdt | None = None, netdevs: NetDevices | None = None) -> _Spawned:
+           cgroup: CgroupManager | None, rdt: Rdt | None = None, netdevs: NetDevices | None = None) -> _Creation:
     """Fork the intermediate process and drive the set-up until init is ready; the caller then
     records the container and releases init (or kills it)."""
     from pyouki import bindsources, idmapmount, init  # all init needs, before the fork (none after pivot_root)
@@ -346,96 +306,43 @@ def _spawn(config: dict, bundle: str, rootfs: str, opts: CreateOptions, fifo_fd:
         import subprocess  # noqa: F401  (hooks run from init, some after pivot_root)
 
         from pyouki import hooks, jsonout  # noqa: F401
-    console_parent = None
-    if plan.process.get("terminal"):
-        from pyouki import console
-
-        console_parent, plan.console_sock = console.socketpair()
     if any(isinstance(m, dict) and idmapmount.wanted(m) for m in config.get("mounts") or []):
         idmapmount.prepare(config, bundle)  # as the runtime: init, in its user namespace, cannot
     if plan.new_userns and os.geteuid() == 0 and "mount" in plan.namespaces:
         bindsources.prepare(config, bundle)  # sources only the host's root reaches, as runc
-    up, down_w, down_r, up_w = pipe_pair()
-    handover = None
-    if plan.seccomp is not None and plan.seccomp.notify:
-        from pyouki import OCI_VERSION
-        from pyouki.seccomp_notify import Handover
-
-        handover = plan.seccomp.handover = Handover(up_w.write_fd)
-    pid = fork_child(_start_intermediate, plan, container.lock_fd, console_parent, up, down_w, down_r, up_w,
-                     opts.stdio)
-    up_w.close()
-    down_r.close()
-    idmapmount.close_all()  # init has its own copies
-    bindsources.close_all()
-    if handover is not None:
-        handover.close_child_end()
-    if plan.console_sock is not None:
-        plan.console_sock.close()
-    spawned = _Spawned(pid, up, down_w)
-    init_pid = 0
-    ready = False
-    hooks_pending = False
-    notify_pending = False
+    spawned = _Creation(plan, opts, container, cgroup, rdt, netdevs)
     try:
-        # init and the intermediate share the pipe: init's "ready" may arrive before the
-        # intermediate's "pid", so wait for both
-        while not (ready and init_pid):
-            verb, arg = up.receive()
-            if verb == "map":
-                _enter_cgroup_and_map_ids(plan, pid, down_w, cgroup)
-            elif verb == "pid":
-                init_pid = spawned.init_pid = int(arg)
-                spawned.init_start = process_start_time(init_pid)
-                container.save_creating(_creating_facts(cgroup, rdt, init_pid, spawned.init_start))
-                if netdevs is not None:  # init's network namespace exists: before the create hooks
-                    netdevs.move_into(init_pid)
-            elif verb == "ready":
-                ready = True
-            elif verb == "hooks":
-                hooks_pending = True
-            elif verb == "seccomp":  # init loaded a filter with a listener: its fd goes to the agent
-                notify_pending = True
-            elif verb == "error":
-                raise PyoukiError(arg)
-            elif verb == "eof":
-                raise PyoukiError("container init exited before it was ready")
-            if notify_pending and init_pid and handover is not None:
-                notify_pending = False
-                state = {"ociVersion": OCI_VERSION, "id": opts.id, "status": "creating", "pid": init_pid,
-                         "bundle": bundle, "annotations": config.get("annotations") or {}}
-                handover.forward(seccomp_config or {}, init_pid, state)
-            if hooks_pending and init_pid:
-                hooks_pending = False
-                _run_create_hooks(config, opts, bundle, init_pid, down_w)
+        # the lock is on the open file description: a child holding it would keep it forever
+        spawned.fork(init.intermediate, plan, close=(container.lock_fd,), stdio=opts.stdio)
+        idmapmount.close_all()  # init has its own copies
+        bindsources.close_all()
+        spawned.drive()
         pids = ((config.get("linux") or {}).get("resources") or {}).get("pids")
         if cgroup is not None and pids:
             # init is forked: the intermediate, idle until release(), forks nothing more, and the
             # kernel takes a limit below the processes already there (it only refuses new forks)
             cgroup.set_resources({"pids": pids})
-        if console_parent is not None:
-            from pyouki.console import receive_master
-
-            spawned.master = receive_master(console_parent)
         return spawned
     except BaseException:
         if netdevs is not None:
             netdevs.restore()  # before init dies: its network namespace would destroy them
         spawned.kill()
         raise
-    finally:
-        if console_parent is not None:
-            console_parent.close()
-        if handover is not None:
-            handover.close()
+
+
+def _creating_state(config: dict, opts: CreateOptions, bundle: str, init_pid: int) -> dict:
+    """The container's state while it is created (hooks, the seccomp agent)."""
+    from pyouki import OCI_VERSION
+
+    return {"ociVersion": OCI_VERSION, "id": opts.id, "status": "creating", "pid": init_pid, "bundle": bundle,
+            "annotations": config.get("annotations") or {}}
 
 
 def _run_create_hooks(config: dict, opts: CreateOptions, bundle: str, init_pid: int, down: Channel) -> None:
     """prestart then createRuntime, in the runtime namespace, while init waits before pivot_root."""
-    from pyouki import OCI_VERSION, hooks
+    from pyouki import hooks
 
-    state = {"ociVersion": OCI_VERSION, "id": opts.id, "status": "creating", "pid": init_pid, "bundle": bundle,
-             "annotations": config.get("annotations") or {}}
+    state = _creating_state(config, opts, bundle, init_pid)
     try:
         hooks.run(config, "prestart", state)
         hooks.run(config, "createRuntime", state)

@@ -307,7 +307,8 @@ def restore(create_opts, options: dict, detach: bool, subreaper: bool = True) ->
     """Restore a container from --image-path under create_opts.id (runc's `restore`); in the
     foreground, wait for it and return its exit status, as `run` does."""
     from pyouki.config import load_bundle, namespaces, validate
-    from pyouki.create import _owner_name, kill_and_reap, write_pid_file
+    from pyouki.create import _owner_name, write_pid_file
+    from pyouki.spawn import kill_and_reap
     from pyouki.state import Container, process_start_time, rfc3339_now
 
     opts = CriuOptions(options)
@@ -467,7 +468,7 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
                 extra = _cgroup_roots(pid)
             os.write(gate_w, ("\0".join(extra) + "\0").encode())
         except BaseException:
-            from pyouki.create import kill_and_reap
+            from pyouki.spawn import kill_and_reap
 
             os.close(gate_w)
             kill_and_reap(pid)

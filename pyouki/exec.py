@@ -6,6 +6,9 @@ container's PID namespace. That process takes on the process object (from --proc
 from the container's config plus the flags, like runc), the container's seccomp filter, and
 execs. Errors come back over a close-on-exec pipe: end-of-file without a message means the exec
 happened.
+
+It is create's spawn path in the role "join an existing container": the fork and the channel are
+pyouki.spawn's, the namespace join and the process's last steps pyouki.init's.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from __future__ import annotations
 import os
 
 from pyouki import syscalls as sc
-from pyouki.channel import Channel, fork_child
+from pyouki.channel import fork_child
 from pyouki.errors import PyoukiError, reason
+from pyouki.spawn import Spawn, pass_master
 from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from pyouki import init
+    from pyouki.channel import Channel
     from pyouki.execstub import ExecStub
 
 
@@ -161,153 +167,116 @@ def set_affinity(cpus: list[int], field: str) -> None:
         raise PyoukiError(f"{field}: failed to run on CPUs {cpus}: {reason(e)}") from None
 
 
+class _Execution(Spawn):
+    """exec's role on the spawn path: the intermediate joins the container's namespaces and forks
+    the process, which reports nothing once it has exec'd (end-of-file is the end)."""
+
+    end = "eof"
+    died = "the exec process exited before it started"
+
+    def __init__(self, plan: init.ProcessPlan, container: Container, config: dict) -> None:
+        super().__init__(plan, (config.get("linux") or {}).get("seccomp"))
+        self.container = container
+        self.config = config
+
+    def agent_state(self) -> dict:
+        # the process's pid, with the container's state (as runc does)
+        st = self.container.oci_state()
+        state = {k: st[k] for k in ("ociVersion", "id", "status", "pid", "bundle")}
+        return dict(state, annotations=self.config.get("annotations") or {})
+
+
 def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions) -> tuple[int, int]:
     # everything the child needs is imported now: after joining the mount namespace the host's
     # Python library is out of reach
     import select  # noqa: F401
 
-    from pyouki import init  # noqa: F401  (brings what the child uses: pyouki.process, prctl, resource)
-    from pyouki.caps import CapabilitySets
-    from pyouki.channel import pipe_pair
+    from pyouki import init  # brings what the child uses: pyouki.process, prctl, resource
     from pyouki.config import NS_FILES, namespaces
-    from pyouki.create import kill_and_reap, write_pid_file
-    from pyouki.init import JOIN_ORDER, NS_FLAGS
 
     init_pid = container.pid
     if not os.path.exists(container.fifo_path):
         _wait_for_exec(init_pid)
+    plan = init.ProcessPlan(process, opts.preserve_fds, {})
     kinds = namespaces(config)
-    ns_fds: list[tuple[str, int, int]] = []
     try:
-        for kind in JOIN_ORDER:
+        for kind in init.JOIN_ORDER:
             if kind in kinds:
                 path = f"/proc/{init_pid}/ns/{NS_FILES[kind]}"
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
                     continue  # already there (a container without its own user namespace)
-                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[kind]))
+                plan.ns_fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         if "mount" not in kinds:
             # the host's mount table is shared: the container's root is init's chroot, entered last
-            ns_fds.append(("root", os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), 0))
+            plan.root_fd = os.open(f"/proc/{init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        for _, fd, _ in ns_fds:
-            os.close(fd)
+        _close_plan_fds(plan)
         raise PyoukiError(f"failed to open the namespaces of container {container.id}: "
                           f"{reason(e)}") from None
-    caps = CapabilitySets(process.get("capabilities"))
-    seccomp = None
-    seccomp_config = (config.get("linux") or {}).get("seccomp")
-    if seccomp_config:
-        from pyouki.seccomp import compile_filter
-
-        seccomp = compile_filter(seccomp_config, "linux.seccomp", cache_dir=os.path.join(container.root, ".cache"))
-    console_parent = console_child = None
-    if process.get("terminal"):
-        from pyouki import console
-
-        console_parent, console_child = console.socketpair()
-    cgroup = None
-    if container.record.get("cgroup"):
-        from pyouki.cgroups import manager_from_state
-
-        cgroup = manager_from_state(container.record["cgroup"])
-    if opts.cgroup:
-        from pyouki.cgroups.sub import sub_cgroup
-
-        cgroup = sub_cgroup(cgroup, opts.cgroup)  # type: ignore[assignment]
-    up, down_w, down_r, up_w = pipe_pair()
-    handover = None
-    if seccomp is not None and seccomp.notify:
-        from pyouki.seccomp_notify import Handover
-
-        handover = seccomp.handover = Handover(up_w.write_fd)
-    initial, saved = cpu_affinity(process, "initial"), None
-    if initial:
-        # the intermediate is born on these CPUs, before it moves into the container's cgroup
-        saved = os.sched_getaffinity(0)
-        set_affinity(initial, "process.execCPUAffinity.initial")
-
-    def start_intermediate() -> None:  # in the child; fork_child ends it with os._exit whatever happens
-        up.close()
-        down_w.close()
-        if console_parent is not None:
-            console_parent.close()
-        # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
-        listen = init.listen_fds() if opts.listen_fds is None else opts.listen_fds
-        if opts.stdio is not None:
-            from pyouki.process import redirect_stdio
-
-            redirect_stdio(opts.stdio)
-        _intermediate(ns_fds, process, caps, seccomp, console_child, opts.preserve_fds + listen, down_r, up_w)
-
-    pid = fork_child(start_intermediate)
-    if saved is not None:
-        os.sched_setaffinity(0, saved)
-    up_w.close()
-    down_r.close()
-    for _, fd, _ in ns_fds:
-        os.close(fd)
-    if console_child is not None:
-        console_child.close()
-    if handover is not None:
-        handover.close_child_end()
-    child = 0
-    notify_pending = False
     try:
+        seccomp_config = (config.get("linux") or {}).get("seccomp")
+        if seccomp_config:
+            from pyouki.seccomp import compile_filter
+
+            plan.seccomp = compile_filter(seccomp_config, "linux.seccomp",
+                                          cache_dir=os.path.join(container.root, ".cache"))
+        cgroup = None
+        if container.record.get("cgroup"):
+            from pyouki.cgroups import manager_from_state
+
+            cgroup = manager_from_state(container.record["cgroup"])
+        if opts.cgroup:
+            from pyouki.cgroups.sub import sub_cgroup
+
+            cgroup = sub_cgroup(cgroup, opts.cgroup)  # type: ignore[assignment]
+        spawn = _Execution(plan, container, config)
+    except BaseException:
+        _close_plan_fds(plan)
+        raise
+    try:
+        initial, saved = cpu_affinity(process, "initial"), None
+        if initial:
+            # the intermediate is born on these CPUs, before it moves into the container's cgroup
+            saved = os.sched_getaffinity(0)
+            set_affinity(initial, "process.execCPUAffinity.initial")
+        try:
+            spawn.fork(_intermediate, plan, opts.listen_fds, stdio=opts.stdio)
+        finally:
+            _close_plan_fds(plan)
+            if saved is not None:
+                os.sched_setaffinity(0, saved)
         if cgroup is not None:
             # the intermediate waits for this, so the process is born inside the container's cgroup
-            cgroup.add_task(pid)
+            cgroup.add_task(spawn.intermediate)
         if container.record.get("intel_rdt"):
             from pyouki.intelrdt import Rdt
 
-            Rdt.from_state(container.record["intel_rdt"]).add_task(pid)  # and its RDT group, as runc
-        down_w.send("go")
-        while True:
-            verb, arg = up.receive()
-            if verb == "pid":
-                child = int(arg)
-            elif verb == "seccomp":  # the process loaded a filter with a listener: its fd goes to the agent
-                notify_pending = True
-            elif verb == "error":
-                raise PyoukiError(arg)
-            elif verb == "eof":
-                break
-            if notify_pending and child and handover is not None:
-                notify_pending = False
-                # the process's pid, with the container's state (as runc does)
-                st = container.oci_state()
-                state = {k: st[k] for k in ("ociVersion", "id", "status", "pid", "bundle")}
-                handover.forward(seccomp_config or {}, child, dict(state, annotations=config.get("annotations") or {}))
-        os.waitpid(pid, 0)
-        pid = 0
-        if not child:
-            raise PyoukiError("the exec process exited before it started")
-        master = -1
-        if console_parent is not None:
-            from pyouki.console import receive_master, send_to_console_socket
-
-            master = receive_master(console_parent)
-            if opts.console_socket:
-                try:
-                    send_to_console_socket(opts.console_socket, master)
-                finally:
-                    os.close(master)
-                master = -1
+            Rdt.from_state(container.record["intel_rdt"]).add_task(spawn.intermediate)  # and its RDT group, as runc
+        spawn.down.send("go")
+        spawn.drive()
+        os.waitpid(spawn.intermediate, 0)
+        spawn.intermediate = 0
+        master, spawn.master = spawn.master, -1
+        spawn.master = pass_master(master, opts.console_socket)
         if opts.pid_file:
-            write_pid_file(opts.pid_file, child)
+            from pyouki.create import write_pid_file
+
+            write_pid_file(opts.pid_file, spawn.pid)
     except BaseException:
-        if pid:
-            kill_and_reap(pid)
-        if child:
-            kill_and_reap(child)
+        spawn.kill()
         raise
-    finally:
-        up.close()
-        down_w.close()
-        if console_parent is not None:
-            console_parent.close()
-        if handover is not None:
-            handover.close()
-    return child, master
+    spawn.close()
+    return spawn.pid, spawn.master
+
+
+def _close_plan_fds(plan: init.ProcessPlan) -> None:
+    """The namespace fds are the intermediate's: closed here after the fork (or an error)."""
+    for fd in plan.ns_fds.values():
+        os.close(fd)
+    plan.ns_fds.clear()
+    if plan.root_fd >= 0:
+        os.close(plan.root_fd)
+        plan.root_fd = -1
 
 
 def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
@@ -332,76 +301,45 @@ def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
             return
 
 
-def _intermediate(ns_fds: list[tuple[str, int, int]], process: dict, caps: object, seccomp: object,
-                  console_child: object, preserve_fds: int, down: Channel, up: Channel) -> None:
-    """Join the namespaces and fork the process into them; never returns."""
+def _intermediate(plan: init.ProcessPlan, listen_fds: int | None, down: Channel, up: Channel) -> None:
+    """Join the container's namespaces and fork the process into them; never returns."""
     from pyouki import init
     from pyouki.execstub import ExecStub
 
     try:
-        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        init.die_with(plan.parent_pid)
         # nothing in the container may ptrace us or read our memory while we hold host fds
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
+        plan.preserve_fds += init.listen_fds() if listen_fds is None else listen_fds
         # on the host, before the container's filesystem and seccomp filter
-        stub = ExecStub.prepare(3 + preserve_fds)
+        stub = ExecStub.prepare(3 + plan.preserve_fds)
         if down.receive()[0] != "go":
             os._exit(1)
         down.close()
-        allowed = True
-        for kind, fd, flag in ns_fds:
-            if kind == "root":
-                os.fchdir(fd)
-                os.chroot(".")
-                os.close(fd)
-                continue
-            try:
-                sc.setns(fd, flag)
-            except OSError as e:
-                raise PyoukiError(f"failed to join the {kind} namespace: {reason(e)}") from None
-            os.close(fd)
-            if kind == "user":  # read now: once in the mount namespace, /proc is the container's
-                allowed = init.setgroups_allowed()
-        pid = fork_child(_child, process, caps, seccomp, console_child, preserve_fds, allowed, up, stub)
+        plan.setgroups_allowed = init.join_namespaces(plan)
+        pid = fork_child(_process, plan, up, stub)
         up.send("pid", str(pid))
         os._exit(0)
-    except PyoukiError as e:
-        up.send("error", str(e))
     except BaseException as e:  # noqa: BLE001 - must reach the caller as one line
-        up.send("error", f"exec set-up failed: {e}")
+        init.report_failure(up, "exec set-up", e)
     os._exit(1)
 
 
-def _child(process: dict, caps, seccomp, console_child, preserve_fds: int,  # type: ignore[no-untyped-def]
-           setgroups_allowed: bool, up: Channel, stub: ExecStub) -> None:
-    """Become the process and exec it; errors go back over up; never returns."""
-    from pyouki import init, lsm  # both loaded before the fork (pyouki.init imports pyouki.lsm)
+def _process(plan: init.ProcessPlan, up: Channel, stub: ExecStub) -> None:
+    """Become the process and exec it (init.become_and_exec); errors go back over up; never returns."""
+    from pyouki import init
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
         # before any path resolves in the container: no fd of the caller's but stdio and the
         # preserved ones may be reachable through /proc/self/fd/N (CVE-2024-21626)
-        keep = [up.write_fd, stub.fd]
-        if console_child is not None:
-            keep.append(console_child.fileno())
-        if seccomp is not None and seccomp.handover is not None:
-            keep.append(seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
-        init.close_fds(3 + preserve_fds, keep)
-        final = cpu_affinity(process, "final")
+        init.close_fds(3 + plan.preserve_fds, plan.own_fds(up, stub))
+        final = cpu_affinity(plan.process, "final")
         if final:  # in the container's cgroup now (a cpuset there reset what initial set)
             set_affinity(final, "process.execCPUAffinity.final")
-        user = process.get("user") or {}
         os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
-        if console_child is not None:
-            from pyouki import console
-
-            console.setup_in_container(console_child, process.get("consoleSize"), int(user.get("uid", 0)))
-        exe, env = init.become_process(process, caps, seccomp, setgroups_allowed, preserve_fds)
-        lsm.apply(process)  # AppArmor profile, SELinux label: entered at the exec below
-        init.exec_program(process, exe, env, seccomp, stub)
-    except PyoukiError as e:
-        up.send("error", str(e))
-    except OSError as e:
-        up.send("error", f"exec failed: {reason(e)}")
+        init.become_and_exec(plan, stub)
     except BaseException as e:  # noqa: BLE001
-        up.send("error", f"exec failed: {e}")
+        init.report_failure(up, "exec", e)
     os._exit(127)

@@ -1,4 +1,5 @@
-"""The forked side of `create`: the intermediate process and the container's init.
+"""The forked side of `create`: the intermediate process and the container's init; and what
+exec's children share with them (ProcessPlan, join_namespaces, become_and_exec, report_failure).
 
 Runs after os.fork() of the parent. After pivot_root the host's Python library is out of reach,
 so every module used here is imported at the top of this file, in the parent, before the fork.
@@ -30,6 +31,7 @@ from pyouki.process import environment, home_of, resolve_executable, set_rlimits
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
     from pyouki.seccomp import SeccompFilter
     from pyouki.wasm import Handler as WasmModule
@@ -41,36 +43,60 @@ NS_FLAGS = {
 JOIN_ORDER = tuple(NS_FILES)  # user first, mount last (see config.NS_FILES)
 
 
-class Plan:
-    """Everything the children need, computed in the parent (fork copies it)."""
+class ProcessPlan:
+    """What makes a forked process the container's process, computed in the parent (fork copies
+    it), for both roles: exec's process as it is, init through Plan."""
+
+    def __init__(self, process: dict, preserve_fds: int, namespaces: dict[str, str | None]) -> None:
+        self.process = process
+        self.preserve_fds = preserve_fds
+        self.parent_pid = os.getpid()  # the command that forks the intermediate (the plan is made there)
+        self.namespaces = namespaces  # kind: the path to join, or None (create: a new one; exec: init's)
+        self.caps = CapabilitySets(process.get("capabilities"))
+        self.ns_fds: dict[str, int] = {}  # the namespaces the intermediate joins (join_namespaces)
+        self.root_fd = -1  # exec without a mount namespace: init's root, entered last
+        # the compiled filter: built by the parent before the fork (pyouki.create, pyouki.exec)
+        self.seccomp: SeccompFilter | None = None
+        # the container's end of the terminal socketpair, when process.terminal (pyouki.spawn)
+        self.console_sock: socket.socket | None = None
+        # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
+        self.setgroups_allowed = True
+        # run.oci.handler=wasm: wasmtime is imported before the fork (None without the annotation)
+        self.wasm: WasmModule | None = None
+
+    def own_fds(self, up: Channel, stub: ExecStub) -> list[int]:
+        """The runtime's fds the process keeps until its exec (close_fds closes the others)."""
+        keep = [up.write_fd, stub.fd]
+        if self.console_sock is not None:
+            keep.append(self.console_sock.fileno())
+        if self.seccomp is not None and self.seccomp.handover is not None:
+            keep.append(self.seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
+        return keep
+
+
+class Plan(ProcessPlan):
+    """Everything create's children need, computed in the parent (fork copies it)."""
 
     def __init__(self, config: dict, bundle: str, rootfs: str, rootless: bool, no_pivot: bool,
                  preserve_fds: int, fifo_fd: int, container_id: str = "", new_keyring: bool = True,
                  listen: int | None = None) -> None:
+        listen = listen_fds() if listen is None else listen  # None: LISTEN_FDS of our environment
+        process: dict = config["process"]
+        if listen:
+            # a copy: the config saved for exec must not hand these to exec'd processes
+            process = dict(process, env=[*(process.get("env") or []), *listen_env(listen)])
+        super().__init__(process, preserve_fds + listen, namespaces(config))
         self.config = config
         self.bundle = bundle
         self.rootfs = rootfs
         self.rootless = rootless
         self.no_pivot = no_pivot
-        listen = listen_fds() if listen is None else listen  # None: LISTEN_FDS of our environment
-        self.preserve_fds = preserve_fds + listen
         self.fifo_fd = fifo_fd
         self.container_id = container_id
         self.new_keyring = new_keyring
-        self.parent_pid = os.getpid()  # the create that forks the intermediate (Plan is made there)
-        self.namespaces = namespaces(config)
         self.new_userns = "user" in self.namespaces and self.namespaces["user"] is None
-        # an unprivileged gid map written by ourselves forbids setgroups: learned from the parent
-        self.setgroups_allowed = True
-        self.process: dict = config["process"]
-        if listen:
-            # a copy: the config saved for exec must not hand these to exec'd processes
-            self.process = dict(self.process, env=[*(self.process.get("env") or []), *listen_env(listen)])
         self.linux: dict = config.get("linux") or {}
-        self.caps = CapabilitySets(self.process.get("capabilities"))
         self.ns_fds = self._open_namespace_paths()
-        # the compiled filter: built by the parent before the fork (see pyouki.create)
-        self.seccomp: SeccompFilter | None = None
         from pyouki import hooks
 
         # createRuntime/prestart run in the parent while init waits before pivot_root
@@ -79,11 +105,8 @@ class Plan:
         # linux.sysctl and the hooks from running before they are there
         self.hook_sync = self.hook_sync or bool(self.linux.get("netDevices"))
         self.start_hooks = hooks.has(config, "startContainer")
-        # the child's end of the terminal socketpair, when process.terminal
-        self.console_sock: socket.socket | None = None
         from pyouki import wasm
 
-        # run.oci.handler=wasm: wasmtime is imported now, before the fork (None without the annotation)
         self.wasm = wasm.handler(config)
         # the host's cgroup hierarchies and our place in them, read before the cgroup namespace
         self.cgroups: CgroupView | None = None
@@ -136,11 +159,50 @@ def check_preserved_fds(count: int, first: int, own: int = -1) -> None:
                               f"stat /proc/self/fd/{fd}: {reason(e)}") from None
 
 
-def _die_with(parent_pid: int) -> None:
+def die_with(parent_pid: int) -> None:
     """SIGKILL when the parent dies; exit now if it already has (before the signal was armed)."""
     sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def report_failure(up: Channel, what: str, error: BaseException) -> None:
+    """A forked child's error (an intermediate's, init's, exec's process's) to the parent over up,
+    as one line: a PyoukiError as it is, anything else as `WHAT failed: ...`."""
+    if isinstance(error, PyoukiError):
+        _report(up, str(error))
+    elif isinstance(error, OSError):
+        _report(up, f"{what} failed: {reason(error)}")
+    else:
+        _report(up, f"{what} failed: {error}")
+
+
+def join_namespaces(plan: ProcessPlan) -> bool:
+    """setns into plan.ns_fds, user first and mount last (JOIN_ORDER), closing each fd, then
+    chroot into plan.root_fd when there is one; the same code for both roles. Returns whether
+    the user namespace joined allows setgroups (True without one), read at once: once in the
+    mount namespace, /proc is the container's."""
+    allowed = True
+    for kind in JOIN_ORDER:
+        fd = plan.ns_fds.pop(kind, None)
+        if fd is None:
+            continue
+        try:
+            sc.setns(fd, NS_FLAGS[kind])
+        except OSError as e:
+            path = plan.namespaces.get(kind)
+            where = f" at {path}" if path else ""
+            raise PyoukiError(f"failed to join the {kind} namespace{where}: {reason(e)}") from None
+        finally:
+            os.close(fd)
+        if kind == "user":
+            allowed = setgroups_allowed()
+    if plan.root_fd >= 0:
+        os.fchdir(plan.root_fd)
+        os.chroot(".")
+        os.close(plan.root_fd)
+        plan.root_fd = -1
+    return allowed
 
 
 def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
@@ -150,18 +212,11 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
     parent-death signal is tied to it, and its own to create.
     """
     try:
-        _die_with(plan.parent_pid)  # die with create while the set-up is under way
+        die_with(plan.parent_pid)  # die with create while the set-up is under way
         oom = plan.process.get("oomScoreAdj")
         if oom is not None:
             _write_oom_score_adj(oom)
-        for kind in JOIN_ORDER:
-            if kind in plan.ns_fds:
-                try:
-                    sc.setns(plan.ns_fds[kind], NS_FLAGS[kind])
-                except OSError as e:
-                    raise PyoukiError(f"failed to join the {kind} namespace at {plan.namespaces[kind]}: "
-                                      f"{reason(e)}") from None
-                os.close(plan.ns_fds.pop(kind))
+        join_namespaces(plan)
         if plan.new_userns:
             try:
                 sc.unshare(sc.CLONE_NEWUSER)
@@ -181,7 +236,7 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
                 os.setresuid(0, 0, 0)
             except OSError:
                 pass  # 0 is not mapped: stay the overflow id, with full capabilities inside
-            _die_with(plan.parent_pid)  # a change of credentials clears the parent-death signal
+            die_with(plan.parent_pid)  # a change of credentials clears the parent-death signal
         # from here on, no process in the container may ptrace us or read our memory
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         flags = 0
@@ -210,12 +265,8 @@ def intermediate(plan: Plan, down: Channel, up: Channel) -> None:
         down.close()
         while True:  # until create kills us (or we die with it)
             select.select([], [], [])
-    except PyoukiError as e:
-        up.send("error", str(e))
-    except OSError as e:
-        up.send("error", f"container set-up failed: {reason(e)}")
-    except BaseException as e:  # noqa: BLE001 - anything else must still reach the caller as one line
-        up.send("error", f"container set-up failed: {e}")
+    except BaseException as e:  # noqa: BLE001 - anything must still reach the caller as one line
+        report_failure(up, "container set-up", e)
     os._exit(1)
 
 
@@ -270,36 +321,54 @@ def container_init(plan: Plan, up: Channel, down: Channel) -> None:
         stub = ExecStub.prepare(3 + plan.preserve_fds)  # before the container's filesystem and seccomp
         if plan.new_keyring:
             _new_session_keyring(plan.container_id)
-        exe, env = _setup(plan, up, down, stub)
-        if plan.wasm is not None:  # compiled before ready: a bad module fails create
-            plan.wasm = plan.wasm.load(exe)
-        # AppArmor profile, SELinux label: requested now (a failure fails create, as with runc), entered
-        # at the exec; startContainer hooks run under them too, as with runc
-        lsm.apply(plan.process)
-        if plan.seccomp is not None and plan.seccomp.notify:
-            plan.seccomp.load()  # its listener fd reaches the agent through create, still listening (runc's order)
-        up.send("ready")
-        # the user switch may have cleared the parent-death signal: the channel still tells
-        if down.receive()[0] != "created":
-            os._exit(1)
-        sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # recorded: the container outlives create from now on
-        down.close()
-        up.close()  # create waits for this end-of-file before it ends the intermediate
-        _wait_for_start(plan.fifo_fd)
-        if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
-            plan.seccomp.load()  # before the startContainer hooks: they run under it in runc too
-        if plan.start_hooks:
-            from pyouki import hooks
-
-            hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1), env=env)
-        exec_program(plan.process, exe, env, plan.seccomp, stub, plan.wasm)
-    except PyoukiError as e:
-        _report(up, str(e))
-    except OSError as e:
-        _report(up, f"container init failed: {reason(e)}")
+        _setup(plan, up, down, stub)
+        become_and_exec(plan, stub, lambda exe, env: _until_start(plan, up, down, exe, env))
     except BaseException as e:  # noqa: BLE001
-        _report(up, f"container init failed: {e}")
+        report_failure(up, "container init", e)
     os._exit(127)
+
+
+def _until_start(plan: Plan, up: Channel, down: Channel, exe: str, env: dict[str, str]) -> None:
+    """init between its set-up and its exec: ready, recorded, started, startContainer hooks."""
+    if plan.wasm is not None:  # compiled before ready: a bad module fails create
+        plan.wasm = plan.wasm.load(exe)
+    if plan.seccomp is not None and plan.seccomp.notify:
+        plan.seccomp.load()  # its listener fd reaches the agent through create, still listening (runc's order)
+    up.send("ready")
+    # the user switch may have cleared the parent-death signal: the channel still tells
+    if down.receive()[0] != "created":
+        os._exit(1)
+    sc.prctl(sc.PR_SET_PDEATHSIG, 0)  # recorded: the container outlives create from now on
+    down.close()
+    up.close()  # create waits for this end-of-file before it ends the intermediate
+    _wait_for_start(plan.fifo_fd)
+    if plan.process.get("noNewPrivileges") and plan.seccomp is not None:
+        plan.seccomp.load()  # before the startContainer hooks: they run under it in runc too
+    if plan.start_hooks:
+        from pyouki import hooks
+
+        hooks.run(plan.config, "startContainer", _hook_state(plan, "created", 1), env=env)
+
+
+def become_and_exec(plan: ProcessPlan, stub: ExecStub,
+                    until_start: Callable[[str, dict[str, str]], None] | None = None) -> None:
+    """The last steps of init and of exec's process, one code for both: the terminal, process.*
+    (become_process: fds, rlimits, scheduler..., seccomp, user, capabilities, cwd), the LSM
+    labels, until_start(exe, env) (init: ready, the wait for `start`, startContainer hooks), then
+    the program through the exec stub (exec_program). Never returns."""
+    process = plan.process
+    if plan.console_sock is not None:
+        from pyouki import console  # already imported by the parent before the fork
+
+        user = process.get("user") or {}
+        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)))
+    exe, env = become_process(process, plan.caps, plan.seccomp, plan.setgroups_allowed, plan.preserve_fds)
+    # AppArmor profile, SELinux label: requested now (for init a failure fails create, as with runc),
+    # entered at the exec; init's startContainer hooks run under them too, as with runc
+    lsm.apply(process)
+    if until_start is not None:
+        until_start(exe, env)
+    exec_program(process, exe, env, plan.seccomp, stub, plan.wasm)
 
 
 def _creator_gone(down: Channel) -> bool:
@@ -332,7 +401,7 @@ def _hook_state(plan: Plan, status: str, pid: int) -> dict:
             "bundle": plan.bundle, "annotations": plan.config.get("annotations") or {}}
 
 
-def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str, dict[str, str]]:
+def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> None:
     config, process, linux = plan.config, plan.process, plan.linux
     in_userns = plan.rootless or "user" in plan.namespaces
     # without a mount namespace of its own the container shares the host's mount table: nothing is
@@ -357,12 +426,7 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
         hooks.run(config, "createContainer", _hook_state(plan, "creating", os.getpid()), cwd=plan.rootfs, env=hook_env)
     # nothing of the caller's but stdio and the preserved fds may be open once paths resolve in the
     # container: a leaked directory fd would be a way out through /proc/self/fd/N (CVE-2024-21626)
-    keep = [up.write_fd, down.read_fd, plan.fifo_fd, stub.fd, rootfd]
-    if plan.console_sock is not None:
-        keep.append(plan.console_sock.fileno())
-    if plan.seccomp is not None and plan.seccomp.handover is not None:
-        keep.append(plan.seccomp.handover.child.fileno())  # the seccomp listener's way to the runtime
-    close_fds(3 + plan.preserve_fds, keep)
+    close_fds(3 + plan.preserve_fds, [*plan.own_fds(up, stub), down.read_fd, plan.fifo_fd, rootfd])
     if own_mounts:
         fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
     else:
@@ -382,12 +446,6 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> tuple[str,
     fs.mask_paths(linux.get("maskedPaths") or [])
     if (config.get("root") or {}).get("readonly"):
         fs.readonly_root()
-    if plan.console_sock is not None:
-        from pyouki import console  # already imported by the parent before the fork
-
-        user = process.get("user") or {}
-        console.setup_in_container(plan.console_sock, process.get("consoleSize"), int(user.get("uid", 0)))
-    return become_process(process, plan.caps, plan.seccomp, plan.setgroups_allowed, plan.preserve_fds)
 
 
 def become_process(process: dict, caps: CapabilitySets, seccomp: SeccompFilter | None, setgroups_allowed: bool,
