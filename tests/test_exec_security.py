@@ -379,3 +379,45 @@ def test_signals_the_caller_ignored_stay_ignored(runner: Runner, bundle: Bundle,
     assert r.returncode == 0, r
     ignored = _ignored(r.stdout.split()[1])
     assert SIGHUP in ignored and SIGPIPE not in ignored, r.stdout
+
+
+def _in_host_pid_namespace(bundle: Bundle) -> None:
+    """No pid namespace: the container sees the host's processes. Rootless cannot mount a proc
+    of a pid namespace it does not own, so /proc is a bind of the host's (as podman --pid=host)."""
+    bundle.linux["namespaces"] = [ns for ns in bundle.linux["namespaces"] if ns["type"] != "pid"]
+    for m in bundle.config["mounts"]:
+        if m["destination"] == "/proc":
+            m.update(type="bind", source="/proc", options=["rbind", "nosuid", "noexec", "nodev"])
+    bundle.write()
+
+
+# the container's parent on the host: its /proc/PID/root is the host's /, its fds the runtime's
+# ($PPID is fixed at the shell's start, when the parent was still the intermediate)
+REACH_PARENT = ("set -- $(cat /proc/$$/stat); P=$4; echo parent=$(cat /proc/$P/comm); "
+                "ls /proc/$P/root/ >/dev/null 2>&1 && echo root-reached || echo root-refused; "
+                "readlink /proc/$P/fd/2 >/dev/null 2>&1 && echo fds-reached || echo fds-refused")
+
+
+def test_foreground_run_parent_is_out_of_reach(runner: Runner, bundle: Bundle) -> None:
+    """`run` waits on the host as the subreaper the container's process comes back to; sharing the
+    host's pid namespace, the process must not reach the host through the parent's /proc entries.
+
+    What holds is the kernel's ptrace check, not dumpability: the container's process lacks the
+    parent's capabilities (rootful) or lives in another user namespace (rootless), either of which
+    needs CAP_SYS_PTRACE over the parent."""
+    _in_host_pid_namespace(bundle)
+    bundle.sh(f"sleep 0.2; {REACH_PARENT}")  # by then the intermediate is gone: PPID is `run`
+    r = runner.run(runner.new_id(), bundle).ok()
+    assert r.stdout.split() == ["parent=pyouki", "root-refused", "fds-refused"], r
+
+
+def test_foreground_exec_parent_is_out_of_reach(runner: Runner, bundle: Bundle) -> None:
+    """The same for `exec` without --detach, the process's parent once the intermediate exits."""
+    _in_host_pid_namespace(bundle)
+    bundle.set_args("sleep", "1000")
+    cid = runner.new_id()
+    runner.create(cid, bundle).ok()
+    runner.start(cid).ok()
+    r = runner.cmd("exec", cid, "sh", "-c", f"sleep 0.2; {REACH_PARENT}").ok()
+    assert r.stdout.split() == ["parent=pyouki", "root-refused", "fds-refused"], r
+    runner.delete(cid, "--force").ok()
