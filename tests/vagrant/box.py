@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 # Bump when the set-up below changes: it is part of the cache key.
-SETUP_VERSION = "3"
+SETUP_VERSION = "4"
 BOX_NAME = "debian/bookworm64"
 # What Vagrant needs in the guest, beyond setup-machine's packages.
 VAGRANT_PACKAGES = ("openssh-server", "sudo", "rsync", "ifupdown", "isc-dhcp-client")
@@ -179,7 +179,10 @@ def _configure(root: Path, wheels: Path) -> None:
     shutil.copytree(wheels, root / "var/cache/pyouki-wheels", dirs_exist_ok=True)
     (root / "etc/pip.conf").write_text(
         "# The box has no network to PyPI: pip installs from the wheels pre-fetched on the host.\n"
-        "[global]\nno-index = true\nfind-links = /var/cache/pyouki-wheels\n")
+        "[global]\nno-index = true\nfind-links = /var/cache/pyouki-wheels\n"
+        # the venv already has the build backend (_preinstall_venv): no isolated build env to make
+        # under TCG. pip reads a --no-X flag's value as its option's, so `false` turns isolation off.
+        "[install]\nno-build-isolation = false\n")
     for big in ("usr/share/doc", "usr/share/man", "usr/share/locale", "var/cache/apt/archives"):
         shutil.rmtree(root / big, ignore_errors=True)
     (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
