@@ -112,9 +112,7 @@ class Env:
             finally:
                 if live:
                     log.close()
-        # vagrant's progress meters (thousands of them while a volume uploads) say nothing
-        text = re.sub(r"(\x1b\[K)?Progress: [^\r\n\x1b]*", "", text)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, text)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, _clean(text))
 
     def start(self, argv: list[str], cwd: Path, log: Path, extra: dict[str, str] | None = None,
               ) -> subprocess.Popen[bytes]:
