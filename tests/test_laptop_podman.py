@@ -12,6 +12,7 @@ durations).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def test_laptop_guest_is_a_laptop(guest: dict[str, Any]) -> None:
 def test_laptop_pyouki_passes_where_runc_passes(guest: dict[str, Any], mode: str, name: str) -> None:
     runc = _scenario(guest, mode, "runc", name)
     pyouki = _scenario(guest, mode, "pyouki", name)
-    assert pyouki["ok"] == runc["ok"], {"pyouki": pyouki, "runc": runc}
+    # the whole story on failure (pytest would cut a dict's repr short)
+    assert pyouki["ok"] == runc["ok"], json.dumps({"pyouki": pyouki, "runc": runc}, indent=1)
 
 
 def test_laptop_rootless_keep_id(guest: dict[str, Any]) -> None:

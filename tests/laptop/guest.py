@@ -34,6 +34,10 @@ SHARE = Path(os.environ.get("LAPTOP_SHARE", "/share"))
 # One podman command under TCG on a loaded host takes seconds to a minute; a hung one must not
 # hang the run (the host's qemu timeout is the last resort).
 CMD_TIMEOUT = 300.0
+# Steps the two runtimes of a mode take in turn: rootless podman 4.3 raced on them when both ran
+# at once (a `run --userns=auto` hung for 300 s while the other runtime's pod was made or removed,
+# and that pod failed), with runc as with pyouki.
+SERIAL_STEPS = ("pod", "keep_id", "userns_auto")
 # Published ports (host side, in the guest): one per mode and runtime, all run at once.
 # A whole mode (the host's qemu timeout, PYOUKI_LAPTOP_TIMEOUT, bounds the boot around it).
 MODE_TIMEOUT = 3000.0
@@ -67,7 +71,7 @@ class Mode:
     share podman's store and run at once (``run_mode``), and both modes share the guest's ports.
     """
 
-    def __init__(self, mode: str, runtime: str, base: Path, port: int) -> None:
+    def __init__(self, mode: str, runtime: str, base: Path, port: int, serial: threading.Lock) -> None:
         self.mode = mode
         self.runtime = runtime
         self.rootless = mode == "rootless"
@@ -80,6 +84,7 @@ class Mode:
         self.wrapper.write_text(WRAPPER.format(real=RUNTIMES[runtime], log=self.calls_log))
         self.wrapper.chmod(0o755)
         self.pod_removed = False
+        self.serial = serial  # held by the steps that must not overlap the other runtime's (SERIAL_STEPS)
 
     def pm(self, *args: str, timeout: float = CMD_TIMEOUT) -> dict[str, Any]:
         """Run podman with this runtime; return rc, stdout, stderr, seconds."""
@@ -274,7 +279,11 @@ class Mode:
             _progress(f"{self.mode} {self.runtime}: {name}")
             started = time.monotonic()
             try:
-                got = fn()
+                if name in SERIAL_STEPS:
+                    with self.serial:
+                        got = fn()
+                else:
+                    got = fn()
             except Exception:
                 got = {row: {"ok": False, "error": traceback.format_exc()} for row in rows}
             seconds = round(time.monotonic() - started, 2)
@@ -294,7 +303,8 @@ def run_mode(mode: str) -> dict[str, Any]:
     base.chmod(0o755)
     out: dict[str, Any] = {"uid": os.getuid()}
     ports = PORTS[mode]
-    modes = {rt: Mode(mode, rt, base, ports[i]) for i, rt in enumerate(RUNTIMES)}
+    serial = threading.Lock()
+    modes = {rt: Mode(mode, rt, base, ports[i], serial) for i, rt in enumerate(RUNTIMES)}
     first = modes["runc"]
     out["info"] = first.raw(["podman", "info", "--format",
                              "{{.Host.CgroupManager}} {{.Host.CgroupsVersion}} {{.Host.NetworkBackend}} "

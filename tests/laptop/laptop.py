@@ -237,6 +237,8 @@ def run_guest(log: bool = True) -> dict[str, Any]:
                              f"guest log:\n{text('guest.log')[-3000:]}\n"
                              f"rootless log:\n{text('rootless.log')[-3000:]}")
         results = json.loads(results_path.read_text())
+        # the last run's report, for `laptop.py table` and for a look after a failure
+        shutil.copy(results_path, vm.cache_dir() / "laptop-last-results.json")
     return {"results": results, "qemu_rc": rc, "setup_rc": text("setup.rc").strip(), "setup_log": text("setup.log"),
             "guest_log": text("guest.log")[-5000:], "serial": text("serial.log")[-3000:],
             "timings": {"build": t_built - t0, "boot_and_tests": t_booted - t_built}}
