@@ -41,7 +41,7 @@ IMAGE_SIZE = "6G"
 # pyouki's checkout inside the image: setup-machine installs it editable from there, and each
 # boot copies the current tree over it (so the image need not change with pyouki's code).
 GUEST_REPO = "/opt/pyouki-src"
-# The guest run, tests included (podman under TCG is slow: ~25 min on a loaded 2-core machine);
+# The guest run, tests included (podman under TCG: ~4 min quiet, ~11 at load 6-8 on 2 cores);
 # qemu is killed after it. The test unit itself has no timeout (TimeoutStartSec=infinity).
 BOOT_TIMEOUT = float(os.environ.get("PYOUKI_LAPTOP_TIMEOUT") or 2400)
 # Both modes and both runtimes run at once in the guest: four podman streams, their conmons,
