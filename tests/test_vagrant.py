@@ -3,9 +3,10 @@
 No box registry is reachable here, so tests/vagrant/box.py builds a local libvirt box from the
 qemu tier's ingredients (cached) and adds it as ``debian/bookworm64`` to a throw-away
 VAGRANT_HOME; tests/vagrant/run.py runs libvirtd, qemu (TCG) and vagrant in a network namespace
-of their own. Each Vagrantfile is brought up on a copy of the tree, then destroyed; nothing may
-be left running. It runs only with PYOUKI_VAGRANT=1 (not yet in CI: see tests/vagrant/README.md);
-PYOUKI_NO_VM=1 skips it too.
+of their own. Both Vagrantfiles are brought up at once, each on a copy of the tree; a subset of the
+test suite runs inside each (tests/vagrant/run.py's SUITE), then both are destroyed; nothing may
+be left running. Part of the default run (CI); PYOUKI_NO_VM=1 skips it (tests/vagrant/README.md
+has its durations).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,6 @@ def _ensure_tools() -> None:
         pytest.skip("the Vagrant tier needs root (libvirtd, network namespaces, chroot)")
     if os.environ.get("PYOUKI_NO_VM"):
         pytest.skip("PYOUKI_NO_VM is set")
-    if not os.environ.get("PYOUKI_VAGRANT"):
-        # ~14 minutes warm and ~6 more to build the box under TCG: over CI's budget until the box
-        # carries the venv's dependencies and both machines come up at once
-        pytest.skip("the Vagrant tier runs with PYOUKI_VAGRANT=1 (about 20 minutes cold)")
     if not run.missing_tools():
         return
     res = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *_apt_packages()],
@@ -63,15 +59,17 @@ def _ensure_tools() -> None:
 
 
 @pytest.fixture(scope="module")
-def vagrant_env() -> Iterator[Any]:
-    """libvirtd in its namespace with the local box added; afterwards nothing of it may remain."""
+def vagrant_results() -> dict[str, Any]:
+    """libvirtd in its namespace, the local box added, both Vagrantfiles up, tested and destroyed
+    at once; afterwards nothing of it may remain."""
     _ensure_tools()
     with run.libvirt_env() as env:
         run.add_box(env)
-        yield env
+        results = {r.vagrantfile: r for r in run.up_all(env, ["Vagrantfile", "Vagrantfile.root"])}
     assert not Path(f"/proc/{env.libvirtd_pid}").exists(), "libvirtd survived the tier"
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert env.netns not in netns
+    return results
 
 
 def _check(res: Any, demo_user: str) -> None:
@@ -82,17 +80,21 @@ def _check(res: Any, demo_user: str) -> None:
     # the demo's line, printed by busybox inside the container
     assert "hello from pyouki: uid=0 hostname=" in log, log[-6000:]
     assert "demo: ok" in log and demo_user in log, log[-6000:]
+    # the test suite's subset inside the VM, from the synced tree, as root
+    suite = res.suite_log
+    assert res.suite_rc == 0, f"the tests inside the VM failed ({res.suite_rc}):\n{suite[-6000:]}"
+    summary = [line for line in suite.splitlines() if " passed" in line]
+    assert summary and "failed" not in summary[-1] and "error" not in summary[-1], suite[-3000:]
+    assert int(summary[-1].split()[0]) >= 8, summary[-1]  # every selected test ran
     assert res.destroy_rc == 0, res.destroy_log
     assert res.left == [], f"still running after vagrant destroy: {res.left}"
 
 
-def test_vagrant_up_rootless_demo_then_destroy(vagrant_env: Any) -> None:
-    """Vagrantfile: setup-machine as root, the demo as the vagrant user (rootless)."""
-    res = run.up_and_destroy(vagrant_env, "Vagrantfile")
-    _check(res, "(rootless)")
+def test_vagrant_up_rootless_demo_tests_then_destroy(vagrant_results: dict[str, Any]) -> None:
+    """Vagrantfile: setup-machine as root, the demo as the vagrant user (rootless), rootless tests."""
+    _check(vagrant_results["Vagrantfile"], "(rootless)")
 
 
-def test_vagrant_up_rootful_demo_then_destroy(vagrant_env: Any) -> None:
-    """Vagrantfile.root: setup-machine and the demo as root (rootful)."""
-    res = run.up_and_destroy(vagrant_env, "Vagrantfile.root")
-    _check(res, "(rootful)")
+def test_vagrant_up_rootful_demo_tests_then_destroy(vagrant_results: dict[str, Any]) -> None:
+    """Vagrantfile.root: setup-machine and the demo as root (rootful), rootful tests."""
+    _check(vagrant_results["Vagrantfile.root"], "(rootful)")

@@ -12,6 +12,7 @@ scenario reports ``ok`` with what it saw; tests/test_laptop_podman.py asserts on
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pwd
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,17 @@ TEST_UID = 1000
 IMAGE = "localhost/bb"
 RUNTIMES = {"runc": "/usr/bin/runc", "pyouki": "/usr/local/bin/pyouki"}
 SHARE = Path(os.environ.get("LAPTOP_SHARE", "/share"))
+# One podman command under TCG on a loaded host takes seconds to a minute; a hung one must not
+# hang the run (the host's qemu timeout is the last resort).
+CMD_TIMEOUT = 300.0
+# Steps the two runtimes of a mode take in turn: rootless podman 4.3 raced on them when both ran
+# at once (a `run --userns=auto` hung for 300 s while the other runtime's pod was made or removed,
+# and that pod failed), with runc as with pyouki.
+SERIAL_STEPS = ("pod", "keep_id", "userns_auto")
+# Published ports (host side, in the guest): one per mode and runtime, all run at once.
+# A whole mode (the host's qemu timeout, PYOUKI_LAPTOP_TIMEOUT, bounds the boot around it).
+MODE_TIMEOUT = 3000.0
+PORTS = {"rootless": (18080, 18081), "rootful": (18090, 18091)}
 WRAPPER = """#!/bin/sh
 # podman's runtime: log the call and how long it took, then hand over to the real one
 t0=$(date +%s.%N)
@@ -52,24 +65,32 @@ def _read(path: str) -> str | None:
 
 
 class Mode:
-    """podman as one user with one runtime; each scenario returns its facts and ``ok``."""
+    """podman as one user with one runtime; each scenario returns its facts and ``ok``.
 
-    def __init__(self, mode: str, runtime: str, base: Path) -> None:
+    Containers, pods and ports carry the runtime's name (``c1-pyouki``): both runtimes of a mode
+    share podman's store and run at once (``run_mode``), and both modes share the guest's ports.
+    """
+
+    def __init__(self, mode: str, runtime: str, base: Path, port: int, serial: threading.Lock) -> None:
         self.mode = mode
         self.runtime = runtime
         self.rootless = mode == "rootless"
+        self.port = port
+        self.c1, self.pod_name, self.p1c = f"c1-{runtime}", f"p1-{runtime}", f"p1c-{runtime}"
         wrap_dir = base / "wrap" / runtime
         wrap_dir.mkdir(parents=True)
         self.calls_log = base / f"calls-{runtime}.log"
         self.wrapper = wrap_dir / runtime  # podman names the runtime after the file
         self.wrapper.write_text(WRAPPER.format(real=RUNTIMES[runtime], log=self.calls_log))
         self.wrapper.chmod(0o755)
+        self.pod_removed = False
+        self.serial = serial  # held by the steps that must not overlap the other runtime's (SERIAL_STEPS)
 
-    def pm(self, *args: str, timeout: float = 120) -> dict[str, Any]:
+    def pm(self, *args: str, timeout: float = CMD_TIMEOUT) -> dict[str, Any]:
         """Run podman with this runtime; return rc, stdout, stderr, seconds."""
         return self.raw(["podman", "--runtime", str(self.wrapper), *args], timeout)
 
-    def raw(self, argv: list[str], timeout: float = 120) -> dict[str, Any]:
+    def raw(self, argv: list[str], timeout: float = CMD_TIMEOUT) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -79,146 +100,162 @@ class Mode:
         return {"argv": " ".join(argv[3:] if argv[:1] == ["podman"] else argv), "rc": rc, "out": out[-2000:],
                 "err": err[-2000:], "s": round(time.monotonic() - t0, 2)}
 
-    # -- scenarios -----------------------------------------------------------------------------
+    def status(self, name: str) -> str:
+        return str(self.pm("inspect", "-f", "{{.State.Status}}", name)["out"])
 
-    def run(self) -> dict[str, Any]:
-        r = self.pm("run", "--rm", IMAGE, "echo", "hello")
-        return {"ok": r["rc"] == 0 and r["out"] == "hello", "cmd": r}
+    # -- scenarios: each step fills one or more of the table's rows --------------------------------
+    # Every podman container costs 15-35 s under TCG: one `run --rm` answers run, apparmor, device
+    # and mknod; one long-lived container (c1, also the httpd behind the published port) serves
+    # every exec, top, ps, stats, update, pause, kill-of-paused row; the pod's container is the
+    # one `stop -t 3` stops.
 
-    def apparmor(self) -> dict[str, Any]:
-        r = self.pm("run", "--rm", IMAGE, "cat", "/proc/self/attr/current")
-        return {"ok": r["rc"] == 0, "label": r["out"], "cmd": r}
+    def step_oneshot(self) -> dict[str, dict[str, Any]]:
+        # one line per row, each prefixed, so one failing command cannot hide another's answer;
+        # runc's default rules allow mknod of any node (c *:* m, b *:* m), opening stays restricted
+        script = ("echo run:hello; echo apparmor:$(cat /proc/self/attr/current); "
+                  "echo device:$(head -c 5 /dev/myzero | wc -c); "
+                  "if mknod /tmp/null c 1 3 && mknod /tmp/misc c 10 200 && mknod /tmp/loop b 7 0; "
+                  "then echo mknod:made; (head -c1 /tmp/loop >/dev/null 2>&1 && echo mknod:opened || "
+                  "echo mknod:denied); else echo mknod:failed; fi")
+        r = self.pm("run", "--rm", "--cap-add", "MKNOD", "--device", "/dev/zero:/dev/myzero", IMAGE, "sh", "-c",
+                    script)
+        rows: dict[str, list[str]] = {}
+        for line in r["out"].splitlines():
+            key, _, value = line.partition(":")
+            rows.setdefault(key, []).append(value)
+        ok = r["rc"] == 0
+        mknod_out = rows.get("mknod", [])
+        return {
+            "run": {"ok": ok and rows.get("run") == ["hello"], "cmd": r},
+            "apparmor": {"ok": ok and bool(rows.get("apparmor")), "label": (rows.get("apparmor") or [""])[0],
+                         "cmd": r},
+            "device": {"ok": ok and rows.get("device") == ["5"], "cmd": r},
+            # "denied" last: opening the block node stays forbidden (tests assert on it)
+            "mknod": {"ok": ok and mknod_out[:1] == ["made"], "cmd": {**r, "out": "\n".join(mknod_out)}},
+        }
 
-    def sleeper(self) -> dict[str, Any]:
-        r = self.pm("run", "-d", "--name", "c1", IMAGE, "sleep", "1000")
-        return {"ok": r["rc"] == 0, "cmd": r}
+    def step_sleeper(self) -> dict[str, dict[str, Any]]:
+        # busybox httpd daemonizes; sleep is then PID 1 (it ignores SIGTERM: stop needs its timeout)
+        r = self.pm("run", "-d", "--name", self.c1, "-p", f"127.0.0.1:{self.port}:80", IMAGE, "sh", "-c",
+                    "httpd -p 80 -h /var/www; exec sleep 1000")
+        return {"sleeper": {"ok": r["rc"] == 0, "cmd": r}}
 
-    def exec(self) -> dict[str, Any]:
-        r = self.pm("exec", "c1", "echo", "hi")
-        return {"ok": r["rc"] == 0 and r["out"] == "hi", "cmd": r}
-
-    def exec_it(self) -> dict[str, Any]:
-        # a real terminal for podman: script(1) gives it a pty
-        inner = f"podman --runtime {self.wrapper} exec -it c1 sh -c 'tty; echo done'"
-        r = self.raw(["script", "-qec", inner, "/dev/null"])
-        return {"ok": r["rc"] == 0 and "/dev/pts/" in r["out"] and "done" in r["out"], "cmd": r}
-
-    def exec_detach(self) -> dict[str, Any]:
-        r = self.pm("exec", "-d", "c1", "sleep", "77")
-        ps = self.pm("exec", "c1", "ps", "-o", "args")
-        return {"ok": r["rc"] == 0 and "sleep 77" in ps["out"], "cmd": r, "ps": ps}
-
-    def exec_user(self) -> dict[str, Any]:
-        r = self.pm("exec", "--user", "1000:1000", "c1", "id")
-        return {"ok": r["rc"] == 0 and r["out"].startswith("uid=1000(user) gid=1000(user)"), "cmd": r}
-
-    def exec_apparmor(self) -> dict[str, Any]:
-        r = self.pm("exec", "c1", "cat", "/proc/self/attr/current")
-        init = self.raw(["podman", "inspect", "-f", "{{.State.Pid}}", "c1"])
-        label = _read(f"/proc/{init['out']}/attr/current") if init["out"].isdigit() else None
-        return {"ok": r["rc"] == 0, "label": r["out"], "init_label": label, "cmd": r}
-
-    def top(self) -> dict[str, Any]:
-        r = self.pm("top", "c1")
-        return {"ok": r["rc"] == 0 and "sleep 1000" in r["out"], "cmd": r}
-
-    def ps(self) -> dict[str, Any]:
-        r = self.pm("ps", "--filter", "name=c1", "--format", "{{.Names}} {{.Status}}")
-        return {"ok": r["rc"] == 0 and r["out"].startswith("c1 Up"), "cmd": r}
-
-    def stats(self) -> dict[str, Any]:
-        r = self.pm("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.PIDs}}", "c1")
-        return {"ok": r["rc"] == 0 and r["out"].startswith("c1 "), "cmd": r}
-
-    def update(self) -> dict[str, Any]:
-        # podman 4.3's update has the cpu, memory and blkio flags (no --pids-limit yet)
-        r = self.pm("update", "--memory", "64m", "--cpu-quota", "50000", "c1")
-        after = self.pm("exec", "c1", "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max")
-        ok = r["rc"] == 0 and after["out"].split() == [str(64 << 20), "50000", "100000"]
-        return {"ok": ok, "cmd": r, "after": after}
-
-    def pause(self) -> dict[str, Any]:
-        p = self.pm("pause", "c1")
-        paused = self.pm("inspect", "-f", "{{.State.Status}}", "c1")
-        u = self.pm("unpause", "c1")
-        running = self.pm("inspect", "-f", "{{.State.Status}}", "c1")
-        alive = self.pm("exec", "c1", "true")
-        ok = p["rc"] == 0 and paused["out"] == "paused" and u["rc"] == 0 and running["out"] == "running"
-        return {"ok": ok and alive["rc"] == 0, "pause": p, "paused": paused, "unpause": u, "running": running,
-                "exec_after": alive}
-
-    def stop(self) -> dict[str, Any]:
-        r = self.pm("stop", "-t", "3", "c1")
-        status = self.pm("inspect", "-f", "{{.State.Status}}", "c1")
-        self.pm("rm", "-f", "c1")
-        return {"ok": r["rc"] == 0 and status["out"] == "exited", "stop_seconds": r["s"], "cmd": r,
-                "status": status}
-
-    def kill_paused(self) -> dict[str, Any]:
-        start = self.pm("run", "-d", "--name", "c2", IMAGE, "sleep", "1000")
-        p = self.pm("pause", "c2")
-        k = self.pm("kill", "c2")
-        w = self.pm("wait", "c2", timeout=60)
-        status = self.pm("inspect", "-f", "{{.State.Status}}", "c2")
-        self.pm("rm", "-f", "c2")
-        ok = start["rc"] == 0 and p["rc"] == 0 and k["rc"] == 0 and w["rc"] == 0 and status["out"] == "exited"
-        return {"ok": ok, "pause": p, "kill": k, "wait": w, "status": status}
-
-    def device(self) -> dict[str, Any]:
-        r = self.pm("run", "--rm", "--device", "/dev/zero:/dev/myzero", IMAGE, "sh", "-c",
-                    "head -c 5 /dev/myzero | wc -c")
-        return {"ok": r["rc"] == 0 and r["out"] == "5", "cmd": r}
-
-    def mknod(self) -> dict[str, Any]:
-        # runc's default rules allow mknod of any node (c *:* m, b *:* m); opening stays restricted
-        script = ("mknod /tmp/null c 1 3 && mknod /tmp/misc c 10 200 && mknod /tmp/loop b 7 0 && echo made && "
-                  "(head -c1 /tmp/loop 2>/dev/null && echo opened || echo denied)")
-        r = self.pm("run", "--rm", "--cap-add", "MKNOD", IMAGE, "sh", "-c", script)
-        return {"ok": r["rc"] == 0 and r["out"].splitlines()[:1] == ["made"], "cmd": r}
-
-    def ports(self) -> dict[str, Any]:
-        start = self.pm("run", "-d", "--name", "web", "-p", "127.0.0.1:18080:80", IMAGE, "httpd", "-f", "-p", "80",
-                        "-h", "/var/www")
+    def step_ports(self) -> dict[str, dict[str, Any]]:
         got: dict[str, Any] = {}
-        deadline = time.monotonic() + 20
-        while start["rc"] == 0 and time.monotonic() < deadline:
-            # (busybox-static's wget crashes in this guest: python's urllib instead)
-            fetch = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:18080/', timeout=3).read().decode())"
-            got = self.raw([sys.executable, "-c", fetch], 10)
+        deadline = time.monotonic() + 60
+        # (busybox-static's wget crashes in this guest: python's urllib instead)
+        fetch = (f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{self.port}/', timeout=10)"
+                 ".read().decode())")
+        while time.monotonic() < deadline:
+            got = self.raw([sys.executable, "-c", fetch], 30)
             if got["rc"] == 0:
                 break
-            time.sleep(0.5)
-        self.pm("rm", "-f", "-t", "0", "web")
-        return {"ok": got.get("out") == "hello from the laptop tier", "start": start, "wget": got}
+            time.sleep(1)
+        return {"ports": {"ok": got.get("out") == "hello from the laptop tier", "fetch": got}}
 
-    def keep_id(self) -> dict[str, Any]:
+    def step_exec(self) -> dict[str, dict[str, Any]]:
+        c1 = self.c1
+        out: dict[str, dict[str, Any]] = {}
+        r = self.pm("exec", c1, "echo", "hi")
+        out["exec"] = {"ok": r["rc"] == 0 and r["out"] == "hi", "cmd": r}
+        # a real terminal for podman: script(1) gives it a pty
+        inner = f"podman --runtime {self.wrapper} exec -it {c1} sh -c 'tty; echo done'"
+        r = self.raw(["script", "-qec", inner, "/dev/null"])
+        out["exec_it"] = {"ok": r["rc"] == 0 and "/dev/pts/" in r["out"] and "done" in r["out"], "cmd": r}
+        r = self.pm("exec", "-d", c1, "sleep", "77")
+        ps = self.pm("exec", c1, "ps", "-o", "args")
+        out["exec_detach"] = {"ok": r["rc"] == 0 and "sleep 77" in ps["out"], "cmd": r, "ps": ps}
+        r = self.pm("exec", "--user", "1000:1000", c1, "id")
+        out["exec_user"] = {"ok": r["rc"] == 0 and r["out"].startswith("uid=1000(user) gid=1000(user)"), "cmd": r}
+        r = self.pm("exec", c1, "cat", "/proc/self/attr/current")
+        init = self.raw(["podman", "inspect", "-f", "{{.State.Pid}}", c1])
+        label = _read(f"/proc/{init['out']}/attr/current") if init["out"].isdigit() else None
+        out["exec_apparmor"] = {"ok": r["rc"] == 0, "label": r["out"], "init_label": label, "cmd": r}
+        return out
+
+    def step_inspect(self) -> dict[str, dict[str, Any]]:
+        c1 = self.c1
+        top = self.pm("top", c1)
+        ps = self.pm("ps", "--filter", f"name=^{c1}$", "--format", "{{.Names}} {{.Status}}")
+        stats = self.pm("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.PIDs}}", c1)
+        return {"top": {"ok": top["rc"] == 0 and "sleep 1000" in top["out"], "cmd": top},
+                "ps": {"ok": ps["rc"] == 0 and ps["out"].startswith(f"{c1} Up"), "cmd": ps},
+                "stats": {"ok": stats["rc"] == 0 and stats["out"].startswith(f"{c1} "), "cmd": stats}}
+
+    def step_update(self) -> dict[str, dict[str, Any]]:
+        # podman 4.3's update has the cpu, memory and blkio flags (no --pids-limit yet)
+        r = self.pm("update", "--memory", "64m", "--cpu-quota", "50000", self.c1)
+        after = self.pm("exec", self.c1, "cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max")
+        ok = r["rc"] == 0 and after["out"].split() == [str(64 << 20), "50000", "100000"]
+        return {"update": {"ok": ok, "cmd": r, "after": after}}
+
+    def step_pause(self) -> dict[str, dict[str, Any]]:
+        p = self.pm("pause", self.c1)
+        paused = self.status(self.c1)
+        u = self.pm("unpause", self.c1)
+        running = self.status(self.c1)
+        alive = self.pm("exec", self.c1, "true")
+        ok = p["rc"] == 0 and paused == "paused" and u["rc"] == 0 and running == "running"
+        return {"pause": {"ok": ok and alive["rc"] == 0, "pause": p, "paused": paused, "unpause": u,
+                          "running": running, "exec_after": alive}}
+
+    def step_kill_paused(self) -> dict[str, dict[str, Any]]:
+        # the end of c1: pause, kill (a paused container's processes must get the signal), wait
+        p = self.pm("pause", self.c1)
+        k = self.pm("kill", self.c1)
+        w = self.pm("wait", self.c1)
+        status = self.status(self.c1)  # (cleanup removes it)
+        ok = p["rc"] == 0 and k["rc"] == 0 and w["rc"] == 0 and status == "exited"
+        return {"kill_paused": {"ok": ok, "pause": p, "kill": k, "wait": w, "status": status}}
+
+    def step_pod(self) -> dict[str, dict[str, Any]]:
+        pod, p1c = self.pod_name, self.p1c
+        create = self.pm("pod", "create", "--name", pod)
+        run = self.pm("run", "-d", "--pod", pod, "--name", p1c, IMAGE, "sleep", "1000")
+        ps = self.pm("pod", "ps", "--filter", f"name=^{pod}$", "--format",
+                     "{{.Name}} {{.Status}} {{.NumberOfContainers}}")
+        ex = self.pm("exec", p1c, "echo", "in-pod")
+        # `stop -t 3` of a container ignoring SIGTERM: kill 15, after 3 s kill 9, delete
+        stop = self.pm("stop", "-t", "3", p1c)
+        stopped = self.status(p1c)
+        rm = self.pm("pod", "rm", "-f", "-t", "0", pod)
+        self.pod_removed = rm["rc"] == 0
+        ok = (create["rc"] == 0 and run["rc"] == 0 and ps["out"] == f"{pod} Running 2" and ex["out"] == "in-pod"
+              and rm["rc"] == 0)
+        return {"pod": {"ok": ok, "create": create, "run": run, "ps": ps, "exec": ex, "rm": rm},
+                "stop": {"ok": stop["rc"] == 0 and stopped == "exited", "stop_seconds": stop["s"], "cmd": stop,
+                         "status": stopped}}
+
+    def step_keep_id(self) -> dict[str, dict[str, Any]]:
         r = self.pm("run", "--rm", "--userns=keep-id", IMAGE, "id", "-u")
-        return {"ok": r["rc"] == 0 and r["out"] == str(TEST_UID), "cmd": r}
+        return {"keep_id": {"ok": r["rc"] == 0 and r["out"] == str(TEST_UID), "cmd": r}}
 
-    def userns_auto(self) -> dict[str, Any]:
+    def step_userns_auto(self) -> dict[str, dict[str, Any]]:
         r = self.pm("run", "--rm", "--userns=auto", IMAGE, "cat", "/proc/self/uid_map")
         fields = r["out"].split()
-        return {"ok": r["rc"] == 0 and len(fields) == 3 and fields[0] == "0" and fields[1] != "0", "cmd": r}
+        return {"userns_auto": {"ok": r["rc"] == 0 and len(fields) == 3 and fields[0] == "0" and fields[1] != "0",
+                                "cmd": r}}
 
-    def pod(self) -> dict[str, Any]:
-        create = self.pm("pod", "create", "--name", "p1")
-        run = self.pm("run", "-d", "--pod", "p1", "--name", "p1c", IMAGE, "sleep", "1000")
-        ps = self.pm("pod", "ps", "--filter", "name=p1", "--format", "{{.Name}} {{.Status}} {{.NumberOfContainers}}")
-        ex = self.pm("exec", "p1c", "echo", "in-pod")
-        rm = self.pm("pod", "rm", "-f", "-t", "0", "p1")
-        ok = (create["rc"] == 0 and run["rc"] == 0 and ps["out"] == "p1 Running 2" and ex["out"] == "in-pod"
-              and rm["rc"] == 0)
-        return {"ok": ok, "create": create, "run": run, "ps": ps, "exec": ex, "rm": rm}
-
-    def scenarios(self) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
-        names = ["run", "apparmor", "sleeper", "exec", "exec_it", "exec_detach", "exec_user", "exec_apparmor", "top",
-                 "ps", "stats", "update", "pause", "stop", "kill_paused", "device", "mknod", "ports",
-                 "keep_id" if self.rootless else "", "userns_auto", "pod"]
-        return [(n, getattr(self, n)) for n in names if n]
+    def steps(self) -> list[tuple[str, Callable[[], dict[str, dict[str, Any]]], tuple[str, ...]]]:
+        """(step, function, the rows it fills): a step that raises fails its rows."""
+        steps = [("oneshot", self.step_oneshot, ("run", "apparmor", "device", "mknod")),
+                 ("sleeper", self.step_sleeper, ("sleeper",)),
+                 ("ports", self.step_ports, ("ports",)),
+                 ("exec", self.step_exec, ("exec", "exec_it", "exec_detach", "exec_user", "exec_apparmor")),
+                 ("inspect", self.step_inspect, ("top", "ps", "stats")),
+                 ("update", self.step_update, ("update",)),
+                 ("pause", self.step_pause, ("pause",)),
+                 ("kill_paused", self.step_kill_paused, ("kill_paused",)),
+                 ("pod", self.step_pod, ("pod", "stop")),
+                 ("keep_id", self.step_keep_id, ("keep_id",)),
+                 ("userns_auto", self.step_userns_auto, ("userns_auto",))]
+        return [s for s in steps if s[0] != "keep_id" or self.rootless]
 
     def cleanup(self) -> None:
-        self.pm("pod", "rm", "-af", "-t", "0")
-        self.pm("rm", "-af", "-t", "0")
+        """Only this runtime's containers: the other runtime's may still be running."""
+        if not self.pod_removed:
+            self.pm("pod", "rm", "-f", "-t", "0", "--ignore", self.pod_name)
+        self.pm("rm", "-f", "-t", "0", "--ignore", self.c1, self.p1c)
 
     def calls(self) -> dict[str, Any]:
         """Per runtime verb: how many calls, their total and longest seconds, failures."""
@@ -237,38 +274,52 @@ class Mode:
 
     def run_all(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
-        for name, fn in self.scenarios():
+        t_all = time.monotonic()
+        for name, fn, rows in self.steps():
             _progress(f"{self.mode} {self.runtime}: {name}")
             started = time.monotonic()
             try:
-                results[name] = fn()
+                if name in SERIAL_STEPS:
+                    with self.serial:
+                        got = fn()
+                else:
+                    got = fn()
             except Exception:
-                results[name] = {"ok": False, "error": traceback.format_exc()}
-            results[name]["seconds"] = round(time.monotonic() - started, 2)
+                got = {row: {"ok": False, "error": traceback.format_exc()} for row in rows}
+            seconds = round(time.monotonic() - started, 2)
+            for row in rows:
+                results[row] = got.get(row) or {"ok": False, "error": f"step {name} reported no {row}"}
+                results[row]["seconds"] = seconds  # the step's: rows of one step share it
+                results[row]["step"] = name
         self.cleanup()
-        return {"scenarios": results, "calls": self.calls()}
+        return {"scenarios": results, "calls": self.calls(), "seconds": round(time.monotonic() - t_all, 2)}
 
 
 def run_mode(mode: str) -> dict[str, Any]:
-    """Both runtimes in one mode (as the current user): the image imported once, a warm-up first."""
+    """Both runtimes in one mode (as the current user), at once: the image imported once, a warm-up
+    first (podman builds its pause image at the first pod and loads its AppArmor profile at the first
+    container: neither belongs to a runtime)."""
     base = Path(tempfile.mkdtemp(prefix=f"laptop-{mode}-"))
     base.chmod(0o755)
     out: dict[str, Any] = {"uid": os.getuid()}
-    first = Mode(mode, "runc", base)
+    ports = PORTS[mode]
+    serial = threading.Lock()
+    modes = {rt: Mode(mode, rt, base, ports[i], serial) for i, rt in enumerate(RUNTIMES)}
+    first = modes["runc"]
     out["info"] = first.raw(["podman", "info", "--format",
                              "{{.Host.CgroupManager}} {{.Host.CgroupsVersion}} {{.Host.NetworkBackend}} "
                              "{{.Store.GraphDriverName}} {{.Host.Security.AppArmorEnabled}}"])
     out["import"] = first.raw(["podman", "import", "--change", 'CMD ["/bin/sh"]', str(SHARE / "bb.tar"), IMAGE])
-    # podman builds its pause image at the first pod and loads its AppArmor profile at the first
-    # container: neither belongs to a runtime's timings
     out["warmup"] = [first.raw(["podman", "pod", "create", "--name", "warm"]),
                      first.raw(["podman", "pod", "rm", "-f", "warm"]),
-                     first.pm("run", "--rm", IMAGE, "true")]
-    for runtime in RUNTIMES:
-        out[runtime] = (first if runtime == first.runtime else Mode(mode, runtime, base)).run_all()
-        if not first.rootless:  # what a run cut short by the VM's timeout still reports
-            with open(SHARE / f"{mode}.partial.json", "w") as f:
-                json.dump(out, f)
+                     first.raw(["podman", "run", "--rm", IMAGE, "true"])]
+    with concurrent.futures.ThreadPoolExecutor(len(modes)) as pool:
+        futures = {rt: pool.submit(m.run_all) for rt, m in modes.items()}
+        for rt, fut in futures.items():
+            try:
+                out[rt] = fut.result()
+            except Exception:
+                out[rt] = {"error": traceback.format_exc(), "scenarios": {}}
     shutil.rmtree(base, ignore_errors=True)
     return out
 
@@ -283,7 +334,7 @@ def run_rootless() -> dict[str, Any]:
             "--", sys.executable, str(Path(__file__).resolve()), "--mode", "rootless"]
     log = SHARE / "rootless.log"  # its progress, readable on the host while it runs
     with open(log, "w") as err:
-        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, timeout=1200,
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True, timeout=MODE_TIMEOUT,
                              stdin=subprocess.DEVNULL)
     if res.returncode:
         return {"error": f"exit {res.returncode}: {(_read(str(log)) or '')[-3000:]}"}
@@ -340,18 +391,29 @@ def main(argv: list[str]) -> int:
     results: dict[str, Any] = {"env": environment()}
     # PYOUKI_LAPTOP_MODES=rootful (say) runs one mode only: a shorter boot while debugging
     modes = (os.environ.get("PYOUKI_LAPTOP_MODES") or "rootless rootful").split()
-    for mode, fn in (("rootless", run_rootless), ("rootful", lambda: run_mode("rootful"))):
-        if mode not in modes:
-            continue
+    fns = {"rootless": run_rootless, "rootful": lambda: run_mode("rootful")}
+    lock = threading.Lock()
+
+    def one(mode: str) -> None:
         _progress(f"mode {mode}")
         started = time.monotonic()
         try:
-            results[mode] = fn()
+            got = fns[mode]()
         except Exception:
-            results[mode] = {"error": traceback.format_exc()}
-        results[mode]["seconds"] = round(time.monotonic() - started, 2)
-        with open(argv[0] + ".partial", "w") as f:
-            json.dump(results, f, indent=1)
+            got = {"error": traceback.format_exc()}
+        got["seconds"] = round(time.monotonic() - started, 2)
+        with lock:  # what a run cut short by the VM's timeout still reports
+            results[mode] = got
+            with open(argv[0] + ".partial", "w") as f:
+                json.dump(results, f, indent=1)
+
+    # both modes at once (the guest has 2 vCPUs; each podman command is mostly one process at a
+    # time): the rootless one as the test user in its own login, the rootful one here
+    threads = [threading.Thread(target=one, args=(m,)) for m in modes if m in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     results["ok"] = all("error" not in results[m] for m in modes)
     with open(argv[0] + ".part", "w") as f:
         json.dump(results, f, indent=1)

@@ -41,13 +41,16 @@ IMAGE_SIZE = "6G"
 # pyouki's checkout inside the image: setup-machine installs it editable from there, and each
 # boot copies the current tree over it (so the image need not change with pyouki's code).
 GUEST_REPO = "/opt/pyouki-src"
-# The guest run, tests included (podman under TCG is slow: ~25 min on a loaded 2-core machine);
+# The guest run, tests included (podman under TCG: ~4 min quiet, ~11 at load 6-8 on 2 cores);
 # qemu is killed after it. The test unit itself has no timeout (TimeoutStartSec=infinity).
 BOOT_TIMEOUT = float(os.environ.get("PYOUKI_LAPTOP_TIMEOUT") or 2400)
+# Both modes and both runtimes run at once in the guest: four podman streams, their conmons,
+# containers and a pod each.
+MEMORY_MB = 2048
 # rootful --userns=auto takes its ranges from the user `containers` (containers-storage's default)
 AUTO_USERNS = "containers:300000:200000\n"
 # Copied into the share (the guest's tree): what setup-machine and the guest scripts need.
-TREE = ("pyouki", "scripts", "pyproject.toml", "README.md", "tests/laptop/guest.py")
+TREE = ("pyouki", "bin", "scripts", "pyproject.toml", "README.md", "tests/laptop/guest.py")
 
 
 def _vm() -> Any:
@@ -110,7 +113,7 @@ def _install_podman(root: Path, debs: Path) -> None:
         f"mount --bind {debs} {r}/var/cache/apt/archives; mount --bind -o ro {wheels} {r}/tmp/laptop-wheels; "
         f"chroot {r} sh -c '{inner}'"
     )
-    _vm()._run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], 1800,
+    _vm().run_checked(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], 1800,
                "installing podman and running scripts/setup-machine")
     (root / "etc/resolv.conf").unlink()
     (root / "tmp/laptop-wheels").rmdir()
@@ -132,7 +135,7 @@ def _wheelhouse() -> Path:
     if (dest / ".complete").exists():
         return dest
     shutil.rmtree(dest, ignore_errors=True)
-    vm._run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(dest),
+    vm.run_checked([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(dest),
              f"{REPO}[dev,wasm]", "setuptools", "wheel"], 900, "pip download of pyouki's dependencies")
     for own in dest.glob("pyouki-*"):
         own.unlink()  # pyouki itself comes from the tree
@@ -156,50 +159,15 @@ def _seed_debs(debs: Path) -> None:
 
 
 def build_image(force: bool = False, log: bool = True) -> Path:
-    """Build the laptop image once (from the VM tier's set-up) and cache it; return its directory."""
+    """Build the laptop image once (the VM tier's recipe plus podman and pyouki) and cache it;
+    return its directory."""
     vm = _vm()
-    nspawn = vm._nspawn()
-    tarball = nspawn.build_rootfs(log=log)
     dest = image_dir()
-    with nspawn._locked(vm.cache_dir() / ".build.lock"):
-        if (dest / "disk.img").exists() and not force:
-            return dest
-        bad = vm.missing_tools()
-        if bad:
-            raise vm.VMError(f"missing host tools: {', '.join(bad)} (apt-get install -y {' '.join(vm.apt_packages())})")
-        started = time.monotonic()
-        debs = vm.cache_dir() / "apt-archives"
-        with tempfile.TemporaryDirectory(prefix="laptop-build-", dir=vm.cache_dir()) as tmp:
-            root = Path(tmp) / "root"
-            root.mkdir()
-            vm._run(["tar", "--zstd", "--numeric-owner", "--xattrs", "-C", str(root), "-xf", str(tarball)], 300,
-                    "extracting the rootfs")
-            root.chmod(0o755)
-            _seed_debs(debs)
-            vm._install_kernel(root, debs)
-            _install_podman(root, debs)
-            vm._configure(root)
-            unit = root / "etc/systemd/system/pyouki-vmtest.service"
-            # the VM tier's unit may already say infinity (its own runs are bounded by qemu's timeout)
-            unit.write_text(unit.read_text().replace("TimeoutStartSec=360", "TimeoutStartSec=infinity"))
-            out = Path(tmp) / "out"
-            out.mkdir()
-            kernels = sorted((root / "boot").glob("vmlinuz-*"))
-            initrds = sorted((root / "boot").glob("initrd.img-*"))
-            if not kernels or not initrds:
-                raise vm.VMError("the kernel install left no vmlinuz/initrd in /boot")
-            shutil.copy(kernels[-1], out / "vmlinuz")
-            shutil.copy(initrds[-1], out / "initrd.img")
-            vm._run(["mkfs.ext4", "-q", "-F", "-L", "pyouki-laptop", "-E", "root_owner=0:0", "-d", str(root),
-                     str(out / "disk.img"), IMAGE_SIZE], 900, "mkfs.ext4 -d")
-            shutil.rmtree(dest, ignore_errors=True)
-            out.rename(dest)
-        for old in vm.cache_dir().glob("laptop-bookworm-*"):
-            if old != dest:
-                shutil.rmtree(old, ignore_errors=True)
-        if log:
-            print(f"built {dest} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return dest
+    if (dest / "disk.img").exists() and not force:
+        return dest
+    _seed_debs(vm.cache_dir() / "apt-archives")
+    return vm.build_guest_image(dest, lambda root: _install_podman(root, vm.cache_dir() / "apt-archives"),
+                                size=IMAGE_SIZE, label="pyouki-laptop", force=force, log=log)
 
 
 def busybox_tar(dest: Path) -> Path:
@@ -250,10 +218,10 @@ def run_guest(log: bool = True) -> dict[str, Any]:
     t0 = time.monotonic()
     image = build_image(log=log)
     t_built = time.monotonic()
-    with vm._share_dir() as share:
+    with vm.share_dir() as share:
         _stage_share(share)
         serial = share / "serial.log"
-        rc = vm.boot(image, share, serial, timeout=BOOT_TIMEOUT)
+        rc = vm.boot(image, share, serial, timeout=BOOT_TIMEOUT, memory_mb=MEMORY_MB)
         t_booted = time.monotonic()
 
         def text(name: str) -> str:
@@ -269,6 +237,8 @@ def run_guest(log: bool = True) -> dict[str, Any]:
                              f"guest log:\n{text('guest.log')[-3000:]}\n"
                              f"rootless log:\n{text('rootless.log')[-3000:]}")
         results = json.loads(results_path.read_text())
+        # the last run's report, for `laptop.py table` and for a look after a failure
+        shutil.copy(results_path, vm.cache_dir() / "laptop-last-results.json")
     return {"results": results, "qemu_rc": rc, "setup_rc": text("setup.rc").strip(), "setup_log": text("setup.log"),
             "guest_log": text("guest.log")[-5000:], "serial": text("serial.log")[-3000:],
             "timings": {"build": t_built - t0, "boot_and_tests": t_booted - t_built}}

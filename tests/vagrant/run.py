@@ -11,6 +11,13 @@ private mount namespace with /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/
 reaches it through ``LIBVIRT_DEFAULT_URI`` with the socket's temp-dir path. The box is the local
 stand-in built by box.py, added under the name the Vagrantfiles ask for (``debian/bookworm64``)
 to a throw-away ``VAGRANT_HOME``: the project's Vagrantfiles run unchanged.
+
+Both Vagrantfiles come up at once (``up_all``), each in a thread: the second ``vagrant up``
+starts when the first has uploaded the box volume and created the management network (its log
+says ``Starting domain.``), as vagrant-libvirt guards those only within one process. After the
+provisioners (setup-machine, the demo), a subset of the project's test suite runs inside each VM
+(``SUITE``: lifecycle and exec tests, the rootless half in Vagrantfile's VM, the rootful half in
+Vagrantfile.root's), then ``vagrant destroy -f``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +43,21 @@ LIBVIRT_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/li
 QEMU_CONF = ('user = "root"\ngroup = "root"\nswtpm_user = "root"\nswtpm_group = "root"\n'
              'security_driver = "none"\nremember_owner = 0\nstdio_handler = "file"\n')
 LIBVIRTD_CONF = 'auth_unix_rw = "none"\nunix_sock_group = "root"\n'
-UP_TIMEOUT = float(os.environ.get("PYOUKI_VAGRANT_TIMEOUT") or 1500)
+# One `vagrant up` (boot under TCG, setup-machine, the demo); generous: a loaded machine runs TCG
+# guests several times slower. The tests inside and destroy have their own bounds.
+UP_TIMEOUT = float(os.environ.get("PYOUKI_VAGRANT_TIMEOUT") or 1800)
+SUITE_TIMEOUT = 900.0
+# The part of the test suite each VM runs (`vagrant ssh`, as root, from the synced tree): the whole
+# suite under TCG would take hours. Lifecycle (create/start/state/kill/delete, run's exit status
+# and signals, kill --all) and exec (status, flags, a pty), in the mode the Vagrantfile demonstrates.
+SUITE_TESTS = ("tests/test_lifecycle.py", "tests/test_exec.py")
+SUITE_K = ("create_start_state_kill_delete or run_prints_output or delete_force_running or run_returns_137 "
+           "or kill_all or exec_runs_in_the_container or exec_flags_env_cwd_user or exec_tty_under_a_pty")
+SUITE_MODE = {"Vagrantfile": "rootless", "Vagrantfile.root": "root and not rootless"}
+REPO_IN_VM = "/home/vagrant/pyouki"
+# Lines of `vagrant up` whose time is recorded (where an up's time goes).
+MARKS = ("Starting domain.", "Machine booted and ready!", "Rsyncing folder", "Running provisioner: setup",
+         "Running provisioner: demo", "demo: ok")
 
 
 def _box() -> object:
@@ -90,9 +112,15 @@ class Env:
             finally:
                 if live:
                     log.close()
-        # vagrant's progress meters (thousands of them while a volume uploads) say nothing
-        text = re.sub(r"(\x1b\[K)?Progress: [^\r\n\x1b]*", "", text)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, text)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, _clean(text))
+
+    def start(self, argv: list[str], cwd: Path, log: Path, extra: dict[str, str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        """argv inside the namespace, in the background, its output to ``log``."""
+        with open(log, "ab") as out:
+            return subprocess.Popen(["ip", "netns", "exec", self.netns, *argv], cwd=cwd,
+                                    env={**self.env, **(extra or {})}, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT)
 
     def netns_pids(self) -> list[int]:
         """Every process still in the namespace."""
@@ -186,6 +214,11 @@ class Result:
     destroy_log: str = ""
     left: list[str] = field(default_factory=list)
     seconds_up: float = 0.0
+    suite_rc: int = -1
+    suite_log: str = ""
+    seconds_suite: float = 0.0
+    seconds: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)  # seconds into `up` each MARKS line came
 
 
 def _processes(env: Env) -> list[str]:
@@ -199,41 +232,120 @@ def _processes(env: Env) -> list[str]:
     return left
 
 
-def up_and_destroy(env: Env, vagrantfile: str) -> Result:
-    """``vagrant up`` the project's Vagrantfile (a copy of the tree: vagrant writes .vagrant/), then
-    ``vagrant destroy -f``; report the logs and what was left running."""
+def _clean(text: str) -> str:
+    # vagrant's progress meters (thousands of them while a volume uploads) say nothing
+    return re.sub(r"(\x1b\[K)?Progress: [^\r\n\x1b]*", "", text)
+
+
+def suite_command(vagrantfile: str) -> str:
+    """The shell command `vagrant ssh -c` runs: the subset of the test suite for this VM."""
+    k = f"({SUITE_K}) and {SUITE_MODE.get(vagrantfile, 'root')}"
+    return (f"cd {REPO_IN_VM} && sudo /opt/pyouki/venv/bin/python -m pytest -q -p no:cacheprovider "
+            f"{' '.join(SUITE_TESTS)} -k '{k}'")
+
+
+def up_and_destroy(env: Env, vagrantfile: str, wait_for: threading.Event | None = None,
+                   domain_started: threading.Event | None = None) -> Result:
+    """``vagrant up`` the project's Vagrantfile (a copy of the tree: vagrant writes .vagrant/), run
+    the test subset inside, then ``vagrant destroy -f``; report the logs and what was left running.
+
+    ``wait_for``: start ``up`` only once it is set (or after UP_TIMEOUT); ``domain_started``: set
+    when this ``up`` has started its domain (the box volume and the network exist) or ended.
+    """
+    t0 = time.monotonic()
     work = env.tmp / f"tree-{vagrantfile}"
     subprocess.run(["rsync", "-a", "--exclude=/.git/", "--exclude=/.vagrant/", "--exclude=__pycache__/",
                     "--exclude=/.mypy_cache/", "--exclude=/.ruff_cache/", "--exclude=/.pytest_cache/",
                     "--exclude=/.launcher/", f"{REPO}/", f"{work}/"], check=True)
     extra = {"VAGRANT_VAGRANTFILE": vagrantfile, "VAGRANT_DOTFILE_PATH": str(env.tmp / f"dot-{vagrantfile}")}
-    t0 = time.monotonic()
+    if wait_for is not None:
+        wait_for.wait(UP_TIMEOUT)
+    log = env.tmp / f"up-{vagrantfile}.log"
+    t_up = time.monotonic()
+    proc = env.start(["vagrant", "up", "--provider", "libvirt"], cwd=work, log=log, extra=extra)
+    deadline = t_up + UP_TIMEOUT
+    marks: dict[str, float] = {}
     try:
-        up = env.run(["vagrant", "up", "--provider", "libvirt"], cwd=work, timeout=UP_TIMEOUT, extra=extra)
-        res = Result(vagrantfile, up.returncode, up.stdout, seconds_up=time.monotonic() - t0)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        res = Result(vagrantfile, -9, out + f"\n(vagrant up timed out after {UP_TIMEOUT:.0f} s)",
-                     seconds_up=time.monotonic() - t0)
-    down = env.run(["vagrant", "destroy", "-f"], cwd=work, timeout=300, extra=extra)
+        while proc.poll() is None and time.monotonic() < deadline:
+            text = log.read_bytes()
+            for mark in MARKS:
+                if mark not in marks and mark.encode() in text:
+                    marks[mark] = round(time.monotonic() - t_up, 1)
+            if domain_started is not None and "Starting domain." in marks:
+                domain_started.set()
+            time.sleep(1)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            up_rc = -9
+        else:
+            up_rc = proc.returncode
+    finally:
+        if domain_started is not None:
+            domain_started.set()
+    text = _clean(log.read_text(errors="replace"))
+    if up_rc == -9:
+        text += f"\n(vagrant up timed out after {UP_TIMEOUT:.0f} s)"
+    res = Result(vagrantfile, up_rc, text, seconds_up=time.monotonic() - t_up, marks=marks)
+    if up_rc == 0:
+        t_suite = time.monotonic()
+        try:
+            suite = env.run(["vagrant", "ssh", "-c", suite_command(vagrantfile)], cwd=work, timeout=SUITE_TIMEOUT,
+                            extra=extra)
+            res.suite_rc, res.suite_log = suite.returncode, suite.stdout
+        except subprocess.TimeoutExpired:
+            res.suite_rc, res.suite_log = -9, f"(the test suite timed out after {SUITE_TIMEOUT:.0f} s)"
+        res.seconds_suite = time.monotonic() - t_suite
+    down = env.run(["vagrant", "destroy", "-f"], cwd=work, timeout=600, extra=extra)
     res.destroy_rc, res.destroy_log = down.returncode, down.stdout
-    time.sleep(1)
-    res.left = _processes(env)
+    res.seconds = time.monotonic() - t0
     return res
 
 
+def up_all(env: Env, vagrantfiles: list[str]) -> list[Result]:
+    """Each Vagrantfile's up, tests and destroy at once, in threads; the next ``up`` starts when the
+    previous one has started its domain. Then what was left running (after every destroy)."""
+    results: list[Result | None] = [None] * len(vagrantfiles)
+    events = [threading.Event() for _ in vagrantfiles]
+
+    def one(i: int, vagrantfile: str) -> None:
+        try:
+            results[i] = up_and_destroy(env, vagrantfile, events[i - 1] if i else None, events[i])
+        except Exception as e:  # reported as a failed up, with the reason
+            events[i].set()
+            results[i] = Result(vagrantfile, -1, f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=one, args=(i, f), daemon=True) for i, f in enumerate(vagrantfiles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(1)
+    left = _processes(env)
+    out = []
+    for r in results:
+        assert r is not None
+        r.left = left
+        out.append(r)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    """Command-line entry: up and destroy each Vagrantfile named, print the logs."""
+    """Command-line entry: up, test and destroy each Vagrantfile named (at once), print the logs."""
     files = argv or ["Vagrantfile", "Vagrantfile.root"]
     rc = 0
     with libvirt_env() as env:
+        t0 = time.monotonic()
         add_box(env)
-        for f in files:
-            r = up_and_destroy(env, f)
-            print(f"=== {f}: up rc={r.up_rc} in {r.seconds_up:.0f} s, destroy rc={r.destroy_rc}, left={r.left}")
+        print(f"=== box add in {time.monotonic() - t0:.0f} s")
+        for r in up_all(env, files):
+            print(f"=== {r.vagrantfile}: up rc={r.up_rc} in {r.seconds_up:.0f} s, suite rc={r.suite_rc} in "
+                  f"{r.seconds_suite:.0f} s, destroy rc={r.destroy_rc}, all {r.seconds:.0f} s, left={r.left}, "
+                  f"marks={r.marks}")
             print(r.up_log)
+            print(r.suite_log)
             print(r.destroy_log)
-            rc |= bool(r.up_rc or r.destroy_rc or r.left)
+            rc |= bool(r.up_rc or r.suite_rc or r.destroy_rc or r.left)
     return rc
 
 

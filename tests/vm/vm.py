@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +188,20 @@ def build_image(force: bool = False, log: bool = True) -> Path:
 
     Holds the cache's build lock, so concurrent callers build it once.
     """
+    return build_guest_image(image_dir(), force=force, log=log)
+
+
+def build_guest_image(dest: Path, customize: Callable[[Path], None] | None = None, *, size: str = IMAGE_SIZE,
+                      label: str = "pyouki-vm", force: bool = False, log: bool = True) -> Path:
+    """This tier's image recipe, for this tier and the tiers built on it (tests/laptop/): the nspawn
+    rootfs, the kernel and GUEST_PACKAGES, then ``customize(root)`` (their additions, in the
+    image's tree), then the boot set-up (fstab, the test unit, masks), the kernel and initrd copied
+    out and ``mkfs.ext4 -d`` into ``dest/disk.img``. Cached: a ``dest`` with a disk is returned as
+    it is; images beside it with the same name before its last ``-`` (older keys) are pruned.
+    Holds the cache's build lock, so concurrent callers build it once.
+    """
     nspawn = _nspawn()
     tarball = nspawn.build_rootfs(log=log)
-    dest = image_dir()
     with nspawn._locked(cache_dir() / ".build.lock"):
         if (dest / "disk.img").exists() and not force:
             return dest
@@ -205,6 +216,8 @@ def build_image(force: bool = False, log: bool = True) -> Path:
                  "extracting the rootfs")
             root.chmod(0o755)
             _install_kernel(root, cache_dir() / "apt-archives")
+            if customize is not None:
+                customize(root)
             _configure(root)
             out = Path(tmp) / "out"
             out.mkdir()
@@ -214,16 +227,22 @@ def build_image(force: bool = False, log: bool = True) -> Path:
                 raise VMError("the kernel install left no vmlinuz/initrd in /boot")
             shutil.copy(kernels[-1], out / "vmlinuz")
             shutil.copy(initrds[-1], out / "initrd.img")
-            _run(["mkfs.ext4", "-q", "-F", "-L", "pyouki-vm", "-E", "root_owner=0:0", "-d", str(root),
-                  str(out / "disk.img"), IMAGE_SIZE], 600, "mkfs.ext4 -d")
+            _run(["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", str(root),
+                  str(out / "disk.img"), size], 900, "mkfs.ext4 -d")
             shutil.rmtree(dest, ignore_errors=True)
             out.rename(dest)
-        for old in cache_dir().glob("vm-bookworm-*"):
-            if old != dest:
+        family = dest.name.rsplit("-", 1)[0]
+        for old in dest.parent.glob(f"{family}-*"):
+            if old != dest and old.name.rsplit("-", 1)[0] == family:
                 shutil.rmtree(old, ignore_errors=True)
         if log:
             print(f"built {dest} in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return dest
+
+
+def run_checked(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    """Run argv (no stdin, output captured); a failure or a timeout raises VMError naming ``what``."""
+    return _run(argv, timeout, what)
 
 
 def _stage_share(share: Path) -> None:
@@ -246,7 +265,8 @@ def _stage_share(share: Path) -> None:
 
 
 @contextlib.contextmanager
-def _share_dir() -> Iterator[Path]:
+def share_dir() -> Iterator[Path]:
+    """A fresh 0755 temp dir for the guest's 9p share, removed afterwards."""
     share = Path(tempfile.mkdtemp(prefix="pyouki-vm-share-"))
     share.chmod(0o755)  # the guest's test user reads pyouki's tree from it
     try:
@@ -255,7 +275,7 @@ def _share_dir() -> Iterator[Path]:
         shutil.rmtree(share, ignore_errors=True)
 
 
-def boot(image: Path, share: Path, serial_log: Path, timeout: float | None = None) -> int:
+def boot(image: Path, share: Path, serial_log: Path, timeout: float | None = None, memory_mb: int = 1024) -> int:
     """Boot the image once with share at /share; return qemu's exit status when the guest is off.
 
     TCG (the host's /dev/kvm cannot run a stock kernel); ``timeout`` kills a hung guest.
@@ -263,7 +283,7 @@ def boot(image: Path, share: Path, serial_log: Path, timeout: float | None = Non
     argv = [
         "timeout", "-k", "10", str(int(timeout or BOOT_TIMEOUT)),
         "qemu-system-x86_64", "-nodefaults", "-no-reboot", "-display", "none",
-        "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024", "-smp", "2",
+        "-accel", "tcg,thread=multi", "-cpu", "max", "-m", str(memory_mb), "-smp", "2",
         "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
         "-append", "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.unified_cgroup_hierarchy=1 "
                    "systemd.show_status=0 mitigations=off",
@@ -286,7 +306,7 @@ def run_guest(log: bool = True) -> dict[str, Any]:
     t0 = time.monotonic()
     image = build_image(log=log)
     t_built = time.monotonic()
-    with _share_dir() as share:
+    with share_dir() as share:
         _stage_share(share)
         serial = share / "serial.log"
         rc = boot(image, share, serial)
