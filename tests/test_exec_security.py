@@ -107,8 +107,10 @@ def _assert_not_attacked(private: PrivateInterpreter, bundle: Bundle, pid: int) 
     deadline = time.monotonic() + 4
     while pid and pid_alive(pid) and time.monotonic() < deadline:
         try:
-            st = os.stat(f"/proc/{pid}/exe")
+            # cmdline first: exec is one-way, so a process past its exec then is past it at the
+            # stat too (the other order raced under load: exe read before the exec, cmdline after)
             runtime_still = b"pyouki" in Path(f"/proc/{pid}/cmdline").read_bytes()  # before its exec
+            st = os.stat(f"/proc/{pid}/exe")
         except OSError:
             break
         if not runtime_still:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -99,7 +100,10 @@ def test_devices_are_moved_renamed_with_their_addresses_and_up(runner: Runner, h
     assert "eth7" not in v0 and "v0:" not in v0, v0  # renamed, not copied
     # the container's namespace is gone: the kernel destroyed the virtual devices (the veth with
     # its peer), which the runtime must not move out beforehand (config-linux.md)
-    links = host.links()
+    # (the kernel's netns cleanup runs in a workqueue after the last process is gone: wait for it)
+    deadline = time.monotonic() + 10
+    while {"v0", "v1", "w0", "w1", "eth7"} & set(links := host.links()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not {"v0", "v1", "w0", "w1", "eth7"} & set(links), links
 
 
