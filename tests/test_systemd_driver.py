@@ -437,6 +437,14 @@ def test_delete_removes_the_unit(facts: dict[str, Any], mode: str, run: str) -> 
     assert f["state_left"] == []
 
 
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_state_start_kill_take_the_fast_path(facts: dict[str, Any], mode: str, run: str) -> None:
+    """A real systemd record: state, start and kill read the unit's cgroup through the cgroupfs
+    state the record keeps, in pyouki.cli.hot (tests/test_hot_path.py compares the output)."""
+    assert facts[mode][run]["fast_path"] == {"state created": True, "start": True, "state running": True,
+                                             "kill 0": True}
+
+
 @pytest.mark.parametrize("case", ["exited", "running", "failed"])
 @pytest.mark.parametrize("mode", ["rootful", "rootless"])
 def test_delete_leaves_no_unit_and_frees_the_name(facts: dict[str, Any], mode: str, case: str) -> None:

@@ -90,6 +90,18 @@ def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[
     return bundle
 
 
+# pyouki with -X importtime: the full path (not pyouki.cli.hot) imports its parser
+IMPORTTIME = [sys.executable, "-X", "importtime", *PYOUKI[1:]]
+FULL_PATH_ONLY = "pyouki.cli.fastparse"
+
+
+def fast_path(*args: str, env: dict[str, str] | None = None) -> bool:
+    """Whether `pyouki ARGS` succeeded on the fast path (pyouki.cli.hot), which reads a systemd
+    record's cgroup through the cgroupfs state it keeps, without D-Bus."""
+    res = pyouki(*args, env=env, command=IMPORTTIME)
+    return res.returncode == 0 and FULL_PATH_ONLY not in res.stderr
+
+
 def unit_facts(sd: SystemdManager, unit: str) -> dict[str, Any]:
     """What systemd says about the unit and what its cgroup holds."""
     if not sd.unit_exists(unit):
@@ -221,8 +233,12 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
             from pyouki.cgroups import _bpf
 
             facts["device_programs"] = _bpf.attached_program_count(CGROUP_ROOT + facts["created"]["ControlGroup"])
-        res = pyouki("--root", root, "start", cid, env=env)
+        facts["fast_path"] = {"state created": fast_path("--root", root, "state", cid, env=env)}
+        res = pyouki("--root", root, "start", cid, env=env, command=IMPORTTIME)
         facts["start_rc"] = res.returncode
+        facts["fast_path"]["start"] = res.returncode == 0 and FULL_PATH_ONLY not in res.stderr
+        facts["fast_path"]["state running"] = fast_path("--root", root, "state", cid, env=env)
+        facts["fast_path"]["kill 0"] = fast_path("--root", root, "kill", cid, "0", env=env)
         facts["update_nothing"] = update_answer(root, cid, {"memory": {"limit": 0}, "cpu": {"shares": 0}}, env)
         facts["update_limits"] = {field: update_answer(root, cid, limit, env) for field, limit in LIMITS.items()}
         facts["updated"] = unit_facts(sd, unit)
