@@ -385,7 +385,7 @@ def from_state(d: dict) -> SystemdCgroup:
     """Rebuild the driver from to_state(); no D-Bus until something needs systemd."""
     fs = None
     if d.get("fs"):
-        from pyouki.cgroups.manager import manager_from_state
+        from pyouki.cgroups import manager_from_state  # not manager.py's: that imports typing
 
         fs = manager_from_state(d["fs"])
     return SystemdCgroup(d["unit"], d["slice"], bool(d.get("user")), bool(d.get("rootless")), fs)
