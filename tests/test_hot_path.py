@@ -10,6 +10,7 @@ everything could not pass by comparing the full path with itself.
 
 from __future__ import annotations
 
+import marshal
 import re
 import subprocess
 import uuid
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from harness import Bundle, Runner, RuntimeInfo
+
+from pyouki.record import frozen_plain
 
 FULL_ONLY = "pyouki.cli.fastparse"  # imported only when the full path parses the command
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
@@ -144,3 +147,76 @@ def test_hot_path_refuses_what_the_full_path_refuses(pair: Pair) -> None:
     pair.run("kill", "--all=maybe", "{id}", handled=False)
     pair.run("--root", "relative", "state", "{id}", handled=False, status=1)
     pair.run("--debug", "state", "{id}", handled=False, status=1)
+
+
+def _as_systemd_record(runner: Runner, cid: str) -> dict:
+    """Rewrite the container's record as the systemd driver keeps it: the unit, and the cgroupfs
+    driver's state of the unit's cgroup under "fs" (SystemdCgroup.to_state). This host has no
+    systemd: the cgroup is the one create made, which is all state/start/kill/pause read (the
+    nspawn tier runs the real driver). Returns the record's cgroupfs state, to put it back."""
+    path = runner.state_root / cid / "state.bin"
+    record = marshal.loads(path.read_bytes())
+    fs = record["cgroup"]
+    record["cgroup"] = {"driver": "systemd", "unit": f"pyouki-{cid}.scope", "slice": "system.slice",
+                        "user": False, "rootless": False, "fs": fs}
+    path.write_bytes(marshal.dumps(record))  # in place: the owner stays the container's
+    return fs
+
+
+def test_hot_path_reads_a_systemd_record_as_the_full_path_does(pair: Pair, runner: Runner,
+                                                               make_bundle: Callable[..., Bundle]) -> None:
+    """Podman on a systemd host records every container under the systemd driver: state, start and
+    kill read the unit's cgroup through the cgroupfs state the record keeps (no D-Bus), on the
+    fast path, with the full path's output."""
+    bundle = make_bundle(args=("sleep", "1000"))
+    for cid in pair.ids.values():
+        runner.create(cid, bundle).ok()
+    records = [marshal.loads((runner.state_root / cid / "state.bin").read_bytes()) for cid in pair.ids.values()]
+    if not all(record.get("cgroup") for record in records):
+        pytest.skip("the container has no cgroup here (rootless without a delegated one)")
+    fs = {path: _as_systemd_record(runner, cid) for path, cid in pair.ids.items()}
+    assert '"status": "created"' in pair.run("state", "{id}", handled=True, log_format="json", status=0)
+    pair.run("start", "{id}", handled=True, log_format="json", status=0)
+    assert '"status": "running"' in pair.run("state", "{id}", handled=True, status=0)
+    pair.run("kill", "{id}", "0", handled=True, log_format="json", status=0)
+    pair.run("kill", "--all", "{id}", "0", handled=False, status=0)  # through the driver's cgroup
+    if all(runner.cmd("pause", cid).returncode == 0 for cid in pair.ids.values()):  # the v1 freezer or cgroup.freeze
+        assert '"status": "paused"' in pair.run("state", "{id}", handled=True, status=0)
+        pair.run("kill", "{id}", "0", handled=True, status=0)
+        for cid in pair.ids.values():
+            runner.cmd("resume", cid).ok()
+    pair.run("kill", "{id}", "KILL", handled=True, log_format="json", status=0)
+    for cid in pair.ids.values():
+        assert runner.wait_status(cid, "stopped") == "stopped"
+    assert '"status": "stopped"' in pair.run("state", "{id}", handled=True, status=0)
+    # delete asks systemd for the unit (the nspawn tier): put the plain record back to delete here
+    for path, cid in pair.ids.items():
+        record_path = runner.state_root / cid / "state.bin"
+        record = marshal.loads(record_path.read_bytes())
+        record["cgroup"] = fs[path]
+        record_path.write_bytes(marshal.dumps(record))
+        runner.cmd("delete", cid).ok()
+
+
+@pytest.mark.parametrize(("fs", "frozen"), [
+    ({"driver": "cgroupfs-v2", "path": "CG", "mountpoint": "/sys/fs/cgroup"}, True),
+    ({"driver": "cgroupfs-v1", "paths": {"freezer": "CG", "memory": "/nonexistent"}, "unified": None}, True),
+    ({"driver": "cgroupfs-v1", "paths": {"memory": "/nonexistent"}, "unified": None}, False),
+])
+def test_frozen_of_a_systemd_record_is_read_from_its_cgroup(tmp_path: Path, fs: dict, frozen: bool) -> None:
+    """The status decision for a systemd record: the unit's cgroup's own file, frozen or thawed;
+    a record without the cgroupfs state (never written for a live container) is the driver's."""
+    cg = tmp_path / "unit.scope"
+    cg.mkdir()
+    fs = {k: v.replace("CG", str(cg)) if isinstance(v, str) else v for k, v in fs.items()}
+    if "paths" in fs:
+        fs["paths"] = {k: v.replace("CG", str(cg)) for k, v in fs["paths"].items()}
+    record = {"driver": "systemd", "unit": "pyouki-c1.scope", "slice": "system.slice", "user": False,
+              "rootless": False, "fs": fs}
+    (cg / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    (cg / "freezer.state").write_text("FROZEN\n")
+    assert frozen_plain(record) is frozen
+    (cg / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    (cg / "freezer.state").write_text("THAWED\n")
+    assert frozen_plain(record) is False
+    assert frozen_plain(dict(record, fs=None)) is None

@@ -437,6 +437,37 @@ def test_delete_removes_the_unit(facts: dict[str, Any], mode: str, run: str) -> 
     assert f["state_left"] == []
 
 
+@pytest.mark.parametrize(("mode", "run"), RUNS)
+def test_state_start_kill_take_the_fast_path(facts: dict[str, Any], mode: str, run: str) -> None:
+    """A real systemd record: state, start and kill read the unit's cgroup through the cgroupfs
+    state the record keeps, in pyouki.cli.hot (tests/test_hot_path.py compares the output)."""
+    assert facts[mode][run]["fast_path"] == {"state created": True, "start": True, "state running": True,
+                                             "kill 0": True}
+
+
+@pytest.mark.parametrize("case", ["exited", "running", "failed"])
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_delete_leaves_no_unit_and_frees_the_name(facts: dict[str, Any], mode: str, case: str) -> None:
+    """delete of a container whose scope systemd collected, of a running one (--force) and of one
+    whose unit failed (a stop timed out: an OOM kill fails it likewise): no unit is left (not
+    even "failed"), no cgroup, no state, and a create with the same id succeeds."""
+    f = facts[mode]["delete_cases"][case]
+    assert f["create"] == {"rc": 0, "stderr": ""}
+    assert f["before"] == {"exited": {"unit": False, "cgroup": False}, "running": {"unit": "active", "cgroup": True},
+                           "failed": {"unit": "failed", "cgroup": False}}[case]
+    assert f["delete"] == {"rc": 0, "stderr": ""}
+    assert (f["unit_left"], f["cgroup_left"], f["state_left"]) == (False, False, [])
+    assert f["again"] == {"rc": 0, "stderr": ""}
+
+
+@pytest.mark.parametrize("case", ["exited", "failed"])
+@pytest.mark.parametrize("mode", ["rootful", "rootless"])
+def test_delete_of_a_stopped_scope_only_resets_it(facts: dict[str, Any], mode: str, case: str) -> None:
+    """The scope's cgroup is gone (collected, or failed): nothing to stop, so no subscription, no
+    StopUnit, no job wait; ResetFailedUnit alone, like the reset in runc's Destroy (issue 13)."""
+    assert facts[mode]["delete_cases"][case]["calls"] == ["Hello", "ResetFailedUnit"]
+
+
 def test_dead_user_bus_in_a_real_login(facts: dict[str, Any]) -> None:
     f = facts["dead-bus"]
     assert f["create"]["rc"] == 1

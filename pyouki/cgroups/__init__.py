@@ -58,13 +58,9 @@ def manager_from_state(d: dict | None) -> CgroupManager | None:
 
         return V2Manager.from_state(d)
     if driver == "systemd":
-        from importlib import import_module
+        from pyouki.cgroups.systemd import from_state
 
-        try:
-            systemd = import_module("pyouki.cgroups.systemd")  # written by the D-Bus work
-        except ImportError:
-            raise PyoukiError("systemd cgroup driver not available yet") from None
-        return systemd.from_state(d)  # type: ignore[no-any-return]
+        return from_state(d)
     raise PyoukiError(f"unknown cgroup driver {driver!r} in container state")
 
 
@@ -127,13 +123,9 @@ def make_manager(
     limits in resources (linux.resources), as runc refuses it: a dropped limit is never silent.
     """
     if systemd:
-        from importlib import import_module
+        from pyouki.cgroups.systemd import make_manager
 
-        try:
-            sd = import_module("pyouki.cgroups.systemd")  # provided by the D-Bus work
-        except ImportError:
-            raise PyoukiError("systemd cgroup driver not available yet") from None
-        return sd.make_manager(cgroups_path, container_id, rootless=rootless)  # type: ignore[no-any-return]
+        return make_manager(cgroups_path, container_id, rootless=rootless)
 
     from pyouki.cgroups import common as c
 

@@ -222,11 +222,17 @@ class SystemdCgroup:
         return self.fs
 
     def remove(self) -> None:
-        """StopUnit (waiting for its job) and ResetFailedUnit, then remove what cgroupfs left.
+        """StopUnit (waiting for its job) and ResetFailedUnit, as runc's Destroy, then remove what
+        cgroupfs left.
 
-        The unit is usually gone already: systemd collects a scope once its last process exits.
-        If the manager is unreachable then, the cgroup is gone with it and that is not an error.
+        The unit is usually gone already: systemd collects a scope once its last process exits,
+        and removes its cgroup; a scope that failed (an OOM kill, a stop that timed out) has no
+        cgroup either but stays loaded, "failed", until reset. So when the scope's cgroup is gone
+        there is nothing to stop, and ResetFailedUnit alone (no error for a collected unit) is
+        what delete needs: 2 round trips (Hello, ResetFailedUnit) instead of 5 and a job wait
+        (AddMatch, Subscribe, StopUnit). If the manager is unreachable then, that is no error.
         """
+        stopped = not self.is_slice and self._unit_cgroup_gone()
         try:
             sd = self.systemd()
         except PyoukiError:
@@ -234,10 +240,20 @@ class SystemdCgroup:
                 _debug(f"systemd unreachable; {self.unit} is gone already")
                 return
             raise
-        sd.stop_unit(self.unit, timeout=TIMEOUT)
+        if not stopped:
+            sd.stop_unit(self.unit, timeout=TIMEOUT)
         sd.reset_failed(self.unit)
         if self.fs is not None:
             self.fs.remove()
+
+    def _unit_cgroup_gone(self) -> bool:
+        """Whether the unit's own cgroup (in the hierarchy systemd manages) is known and gone."""
+        state = self.fs.to_state() if self.fs is not None else {}
+        if state.get("driver") == "cgroupfs-v2":
+            path = state.get("path")
+        else:  # v1: systemd's named hierarchy (hybrid too); other controllers' directories are ours
+            path = (state.get("paths") or {}).get("name=systemd")
+        return bool(path) and not os.path.isdir(str(path))
 
     def _cgroup_exists(self) -> bool:
         state = self.fs.to_state() if self.fs is not None else {}
@@ -369,7 +385,7 @@ def from_state(d: dict) -> SystemdCgroup:
     """Rebuild the driver from to_state(); no D-Bus until something needs systemd."""
     fs = None
     if d.get("fs"):
-        from pyouki.cgroups.manager import manager_from_state
+        from pyouki.cgroups import manager_from_state  # not manager.py's: that imports typing
 
         fs = manager_from_state(d["fs"])
     return SystemdCgroup(d["unit"], d["slice"], bool(d.get("user")), bool(d.get("rootless")), fs)

@@ -9,9 +9,11 @@ writer and the signal table, none of which imports `os`.
 
 Everything else is declined before anything has changed (run returns None) and the full path
 does it, from the start: an option it does not read (and --help, --debug), a relative or
-unnormalised --root, a record whose cgroup only its driver can read (systemd), hooks, a notify
-socket, kill --all, a paused container's SIGKILL, delete of a live or created container or of a
-killed create's remains, and every refusal by status (so those messages have one source). The
+unnormalised --root, a record whose cgroup only its driver can read, hooks, a notify socket,
+kill --all, a paused container's SIGKILL, delete of a live or created container, of a killed
+create's remains or under the systemd driver (the unit is systemd's to remove), and every refusal
+by status (so those messages have one source). A systemd record's state, start and kill are done
+here: the frozen check reads the unit's cgroup through the cgroupfs state the record keeps. The
 errors it does report (no such container, an invalid id or signal, a record it cannot read, a
 failed write) are the shared modules' own, reported by main.fail as the full path reports them.
 tests/test_hot_path.py runs each verb through both paths and compares stdout, stderr, the exit

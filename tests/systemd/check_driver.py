@@ -45,14 +45,15 @@ UNIT_PROPS = ("Delegate", "MemoryMax", "TasksMax", "CPUWeight", "CPUQuotaPerSecU
               "ControlGroup")
 
 
-def pyouki(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def pyouki(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+           command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the pyouki command from /src's tree.
 
     Output goes to files, not pipes: a created container inherits pyouki's stdio and would
     keep a pipe open (and the caller waiting) for as long as it runs.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        rc = subprocess.run([*PYOUKI, *args], stdout=out, stderr=err, timeout=timeout, env=env,
+        rc = subprocess.run([*(command or PYOUKI), *args], stdout=out, stderr=err, timeout=timeout, env=env,
                             stdin=subprocess.DEVNULL).returncode
         out.seek(0)
         err.seek(0)
@@ -87,6 +88,18 @@ def make_bundle(base: str, rootless: bool, cgroups_path: str | None, args: list[
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(config, f)
     return bundle
+
+
+# pyouki with -X importtime: the full path (not pyouki.cli.hot) imports its parser
+IMPORTTIME = [sys.executable, "-X", "importtime", *PYOUKI[1:]]
+FULL_PATH_ONLY = "pyouki.cli.fastparse"
+
+
+def fast_path(*args: str, env: dict[str, str] | None = None) -> bool:
+    """Whether `pyouki ARGS` succeeded on the fast path (pyouki.cli.hot), which reads a systemd
+    record's cgroup through the cgroupfs state it keeps, without D-Bus."""
+    res = pyouki(*args, env=env, command=IMPORTTIME)
+    return res.returncode == 0 and FULL_PATH_ONLY not in res.stderr
 
 
 def unit_facts(sd: SystemdManager, unit: str) -> dict[str, Any]:
@@ -220,8 +233,12 @@ def lifecycle(rootless: bool, cgroups_path: str | None, cid: str) -> dict[str, A
             from pyouki.cgroups import _bpf
 
             facts["device_programs"] = _bpf.attached_program_count(CGROUP_ROOT + facts["created"]["ControlGroup"])
-        res = pyouki("--root", root, "start", cid, env=env)
+        facts["fast_path"] = {"state created": fast_path("--root", root, "state", cid, env=env)}
+        res = pyouki("--root", root, "start", cid, env=env, command=IMPORTTIME)
         facts["start_rc"] = res.returncode
+        facts["fast_path"]["start"] = res.returncode == 0 and FULL_PATH_ONLY not in res.stderr
+        facts["fast_path"]["state running"] = fast_path("--root", root, "state", cid, env=env)
+        facts["fast_path"]["kill 0"] = fast_path("--root", root, "kill", cid, "0", env=env)
         facts["update_nothing"] = update_answer(root, cid, {"memory": {"limit": 0}, "cpu": {"shares": 0}}, env)
         facts["update_limits"] = {field: update_answer(root, cid, limit, env) for field, limit in LIMITS.items()}
         facts["updated"] = unit_facts(sd, unit)
@@ -320,6 +337,112 @@ def failed_create(rootless: bool) -> dict[str, Any]:
     return facts
 
 
+# `pyouki ARGS` with every D-Bus call it makes (and each wait for a signal) written to stderr as
+# one "DBUS-CALLS ..." line: the round trips a verb costs.
+_COUNTED = """
+import sys
+from jeepney import HeaderFields
+from pyouki.dbus_native import connection
+calls = []
+call, wait_for = connection.Connection.call, connection.Connection.wait_for
+def counted_call(self, msg, *args, **kwargs):
+    calls.append(msg.header.fields.get(HeaderFields.member, "?"))
+    return call(self, msg, *args, **kwargs)
+def counted_wait(self, *args, **kwargs):
+    calls.append("(signal)")
+    return wait_for(self, *args, **kwargs)
+connection.Connection.call, connection.Connection.wait_for = counted_call, counted_wait
+from pyouki.cli.main import main
+try:
+    rc = main(sys.argv[1:])  # returns, where main() would _exit
+finally:
+    sys.stderr.write("DBUS-CALLS " + " ".join(calls) + "\\n")
+sys.exit(rc)
+"""
+
+
+def counted(*args: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """pyouki(*args) and the D-Bus calls it made, in order (Hello, ..., "(signal)" for a job wait)."""
+    res = pyouki(*args, command=[sys.executable, "-c", _COUNTED])
+    lines = res.stderr.splitlines()
+    calls = next((line.split()[1:] for line in lines if line.startswith("DBUS-CALLS")), [])
+    res.stderr = "".join(line + "\n" for line in lines if not line.startswith("DBUS-CALLS"))
+    return res, calls
+
+
+def _runtime_unit_dir(rootless: bool) -> str:
+    """Where a drop-in for a transient unit goes: the runtime configuration of the (user) manager."""
+    if rootless:
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "systemd", "user")
+    return "/run/systemd/system"
+
+
+def delete_cases(rootless: bool) -> dict[str, Any]:
+    """delete of a container whose process exited (systemd has collected its scope), of a running
+    one (--force), and of one whose unit failed (a stop that timed out, as an OOM kill fails it):
+    the unit is gone afterwards (not left "failed"), nothing is left, the name can be used again;
+    with the D-Bus calls each delete made."""
+    out: dict[str, Any] = {}
+    with SystemdManager.connect(user=rootless, timeout=10) as sd:
+        for case in ("exited", "running", "failed"):
+            out[case] = _delete_case(sd, rootless, case)
+    return out
+
+
+def _delete_case(sd: SystemdManager, rootless: bool, case: str) -> dict[str, Any]:
+    base = tempfile.mkdtemp(prefix="pyouki-delete-")
+    root = os.path.join(base, "state")
+    cid = f"del-{case}-{os.getpid()}"
+    unit = f"pyouki-{cid}.scope"
+    dropin = os.path.join(_runtime_unit_dir(rootless), unit + ".d")
+    facts: dict[str, Any] = {}
+    try:
+        if case == "failed":
+            # sleep, init of the container's pid namespace, ignores SIGTERM from outside: the stop
+            # times out, systemd SIGKILLs it and the scope stays loaded, "failed"
+            os.makedirs(dropin, exist_ok=True)
+            with open(os.path.join(dropin, "timeout.conf"), "w") as f:
+                f.write("[Scope]\nTimeoutStopSec=1\n")
+            subprocess.run(["systemctl", *(["--user"] if rootless else []), "daemon-reload"], check=True)
+        bundle = make_bundle(base, rootless, None, ["sleep", "600"], resources={})
+        res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid)
+        facts["create"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        if res.returncode:
+            return facts
+        pid = int(json.loads(pyouki("--root", root, "state", cid).stdout)["pid"])
+        cgroup = CGROUP_ROOT + str(sd.get_unit_property(unit, messages.SCOPE_INTERFACE, "ControlGroup"))
+        pyouki("--root", root, "start", cid)
+        if case == "exited":
+            pyouki("--root", root, "kill", cid, "KILL")
+        elif case == "failed":
+            sd.stop_unit(unit, timeout=10)
+        deadline = time.monotonic() + 10
+        while case != "running" and (os.path.exists(f"/proc/{pid}") or os.path.exists(cgroup)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        facts["before"] = {"unit": sd.unit_exists(unit) and sd.get_unit_property(unit, messages.UNIT_INTERFACE,
+                                                                                  "ActiveState"),
+                           "cgroup": os.path.exists(cgroup)}
+        res, calls = counted("--root", root, "delete", *(["--force"] if case == "running" else []), cid)
+        facts["delete"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+        facts["calls"] = calls
+        facts["unit_left"] = sd.unit_exists(unit)
+        facts["cgroup_left"] = os.path.exists(cgroup)
+        facts["state_left"] = os.listdir(root) if os.path.isdir(root) else []
+        res = pyouki("--root", root, "--systemd-cgroup", "create", "--bundle", bundle, cid)
+        facts["again"] = {"rc": res.returncode, "stderr": res.stderr.strip()}
+    finally:
+        pyouki("--root", root, "delete", "--force", cid)
+        if os.path.isdir(dropin):
+            shutil.rmtree(dropin)
+            subprocess.run(["systemctl", *(["--user"] if rootless else []), "daemon-reload"], check=False)
+        with contextlib.suppress(Exception):
+            sd.stop_unit(unit, timeout=10)
+            sd.reset_failed(unit)
+        shutil.rmtree(base, ignore_errors=True)
+    return facts
+
+
 def dead_bus() -> dict[str, Any]:
     """--systemd-cgroup with the user bus at a dead socket and no private socket: a clean failure."""
     base = tempfile.mkdtemp(prefix="pyouki-deadbus-")
@@ -354,12 +477,14 @@ def main() -> int:
         out = {"default": lifecycle(False, None, f"rootful-{os.getpid()}"),
                "explicit": lifecycle(False, f"machine.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
                "failed": failed_create(False),
+               "delete_cases": delete_cases(False),
                "refused": refused_creates(False),
                "slice": lifecycle(False, f"system.slice:pyt:pyt-{os.getpid()}.slice", f"sl-{os.getpid()}")}
     elif mode == "rootless":
         out = {"default": lifecycle(True, None, f"rootless-{os.getpid()}"),
                "explicit": lifecycle(True, f"app.slice:pyt:explicit-{os.getpid()}", f"ex-{os.getpid()}"),
                "failed": failed_create(True),
+               "delete_cases": delete_cases(True),
                "refused": refused_creates(True),
                "uid": os.getuid()}
     elif mode == "dead-bus":
