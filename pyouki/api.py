@@ -35,6 +35,7 @@ from pyouki.errors import (
     ExitStatusUnknown,
     PyoukiError,
 )
+from pyouki.record import proc_stat
 
 __all__ = ["Container", "Process", "Runtime", "State", "run", "spec"]
 
@@ -275,7 +276,7 @@ class Container:
         return status
 
     def _is_child(self) -> bool:
-        stat = _proc_stat(self._pid)
+        stat = proc_stat(self._pid)
         return stat is not None and stat[1] == os.getpid() and stat[2] == self._pid_start
 
     def _wait_other(self, timeout: float | None) -> int:
@@ -294,7 +295,7 @@ class Container:
         # that only the pidfd has it (Linux 6.15). Between the two it is briefly in neither.
         deadline = time.monotonic() + 5.0
         while True:
-            stat = _proc_stat(self._pid)
+            stat = proc_stat(self._pid)
             if stat is not None and stat[2] == self._pid_start and stat[0] == "Z":
                 return _exit_status(stat[3])
             status = syscalls.pidfd_exit_status(self._pidfd)
@@ -544,19 +545,6 @@ def _drain(master: int, out: int) -> None:
             os.write(out, data)
     finally:
         os.close(master)
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, start time, exit_code) of pid from /proc/PID/stat, zombies too; None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    # fields[0] is field 3 (state); ppid is field 4, starttime 22, exit_code 52
-    exit_code = int(fields[49]) if len(fields) > 49 else 0
-    return fields[0].decode(), int(fields[1]), int(fields[19]), exit_code
 
 
 def _start_time(pid: int) -> int | None:

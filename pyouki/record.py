@@ -94,17 +94,26 @@ def lock(container_dir: str, container_id: str, blocking: bool = True) -> int:
     return fd
 
 
-def process_start_time(pid: int) -> int | None:
-    """The start time of pid in clock ticks (field 22 of /proc/PID/stat), None if it is gone or a zombie."""
+def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, start time in clock ticks, exit code) of pid from /proc/PID/stat, zombies
+    too; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
+    # fields[0] is field 3 (state); ppid is field 4, starttime 22, exit_code 52
+    exit_code = int(fields[49]) if len(fields) > 49 else 0
+    return fields[0].decode(), int(fields[1]), int(fields[19]), exit_code
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of pid in clock ticks (field 22 of /proc/PID/stat), None if it is gone or a zombie."""
+    stat = proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
         return None
-    return int(fields[19])
+    return stat[2]
 
 
 def alive(record: dict) -> bool:
