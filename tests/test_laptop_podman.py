@@ -25,6 +25,8 @@ MODES = ("rootless", "rootful")
 SCENARIOS = ("run", "apparmor", "sleeper", "exec", "exec_it", "exec_detach", "exec_user", "exec_apparmor", "top",
              "ps", "stats", "update", "pause", "stop", "kill_paused", "device", "mknod", "ports", "userns_auto",
              "pod")
+# scenarios of one mode only: checkpoint needs root (keep_id, rootless only, has its own test)
+ROOTFUL_ONLY = ("checkpoint", "checkpoint_export")
 
 
 def _load(name: str, path: str) -> Any:
@@ -85,8 +87,8 @@ def test_laptop_guest_is_a_laptop(guest: dict[str, Any]) -> None:
         assert mode["import"]["rc"] == 0, mode["import"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize(("mode", "name"), [(m, n) for n in SCENARIOS for m in MODES] +
+                         [("rootful", n) for n in ROOTFUL_ONLY])
 def test_laptop_pyouki_passes_where_runc_passes(guest: dict[str, Any], mode: str, name: str) -> None:
     runc = _scenario(guest, mode, "runc", name)
     pyouki = _scenario(guest, mode, "pyouki", name)
@@ -130,3 +132,12 @@ def test_laptop_rootful_mknod_of_any_node(guest: dict[str, Any]) -> None:
         assert facts["ok"], facts
         # opening a block device stays denied: only mknod is allowed for any node
         assert facts["cmd"]["out"].splitlines()[-1] == "denied", runtime
+
+
+def test_laptop_rootful_checkpoint_restore(guest: dict[str, Any]) -> None:
+    """criu can dump on this kernel: podman checkpoint/restore (in place, and exported then
+    imported under a new name) goes on counting where it stopped, with runc and with pyouki."""
+    for runtime in ("runc", "pyouki"):
+        for name in ROOTFUL_ONLY:
+            facts = _scenario(guest, "rootful", runtime, name)
+            assert facts["ok"], json.dumps({runtime: facts}, indent=1)
