@@ -36,8 +36,9 @@ SHARE = Path(os.environ.get("LAPTOP_SHARE", "/share"))
 CMD_TIMEOUT = 300.0
 # Steps the two runtimes of a mode take in turn: rootless podman 4.3 raced on them when both ran
 # at once (a `run --userns=auto` hung for 300 s while the other runtime's pod was made or removed,
-# and that pod failed), with runc as with pyouki.
-SERIAL_STEPS = ("pod", "keep_id", "userns_auto")
+# and that pod failed), with runc as with pyouki. Rootful podman 4.3 hung the same way: runc's
+# `run -d` of the checkpoint step and pyouki's `run --userns=auto`, 300 s each.
+SERIAL_STEPS = ("pod", "keep_id", "userns_auto", "checkpoint")
 # Published ports (host side, in the guest): one per mode and runtime, all run at once.
 # A whole mode (the host's qemu timeout, PYOUKI_LAPTOP_TIMEOUT, bounds the boot around it).
 MODE_TIMEOUT = 3000.0
@@ -54,6 +55,16 @@ exit $rc
 
 def _progress(msg: str) -> None:
     print(f"[{time.monotonic():.1f}] {msg}", file=sys.stderr, flush=True)
+
+
+def _criu_log(err: str) -> str:
+    """The last lines of the criu log a failed checkpoint names (it is gone with the guest)."""
+    import re
+
+    m = re.search(r"\(log: (\S+)\)|log file: (\S+)", err)
+    text = _read(m.group(1) or m.group(2)) if m else None
+    lines = [ln for ln in (text or "").splitlines() if any(w in ln for w in ("Error", "xternal", "resolv.conf"))]
+    return "\n".join(lines[-60:])
 
 
 def _read(path: str) -> str | None:
@@ -77,6 +88,8 @@ class Mode:
         self.rootless = mode == "rootless"
         self.port = port
         self.c1, self.pod_name, self.p1c = f"c1-{runtime}", f"p1-{runtime}", f"p1c-{runtime}"
+        self.ck, self.ck2 = f"ck-{runtime}", f"ck2-{runtime}"
+        self.base = base
         wrap_dir = base / "wrap" / runtime
         wrap_dir.mkdir(parents=True)
         self.calls_log = base / f"calls-{runtime}.log"
@@ -236,6 +249,53 @@ class Mode:
         return {"userns_auto": {"ok": r["rc"] == 0 and len(fields) == 3 and fields[0] == "0" and fields[1] != "0",
                                 "cmd": r}}
 
+    def step_checkpoint(self) -> dict[str, dict[str, Any]]:
+        # rootful only (podman checkpoints as root: criu needs it). A shell counting in memory, once
+        # a second, into a file of its rootfs, which it marks once when it starts: a restore goes on
+        # from the count at the checkpoint with one start marked, a fresh start would mark a
+        # second one and count from 1 again. Then the same through an exported archive, restored
+        # under a new name (as when moving a container to another host).
+        ck, ck2, archive = self.ck, self.ck2, str(self.base / f"ck-{self.runtime}.tar.gz")
+        count = "echo started >> /tmp/starts; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 1; done"
+        run = self.pm("run", "-d", "--name", ck, IMAGE, "sh", "-c", count)
+
+        def counted(name: str, at_least: int) -> int:
+            # the count once it reached at_least (-1: never within 60 s, or the container is gone)
+            deadline, n = time.monotonic() + 60, -1
+            while time.monotonic() < deadline:
+                got = self.pm("exec", name, "cat", "/tmp/n")
+                n = int(got["out"]) if got["rc"] == 0 and got["out"].isdigit() else -1
+                if n >= at_least:
+                    return n
+                time.sleep(1)
+            return n
+
+        before = counted(ck, 3)
+        mountinfo = self.pm("exec", ck, "cat", "/proc/1/mountinfo")  # what criu dumps (for a failure)
+        dump = self.pm("container", "checkpoint", ck)
+        if dump["rc"]:
+            dump["log"] = _criu_log(dump["err"])
+        state = self.status(ck)
+        checkpointed = self.pm("inspect", "-f", "{{.State.Checkpointed}}", ck)["out"]
+        rest = self.pm("container", "restore", ck)
+        after = counted(ck, before + 1)  # (a fresh start would need `before` seconds to get there)
+        status, starts = self.status(ck), self.pm("exec", ck, "cat", "/tmp/starts")
+        ok = (run["rc"] == 0 and before >= 3 and dump["rc"] == 0 and state == "exited" and rest["rc"] == 0
+              and after > before and status == "running" and starts["out"] == "started")
+        out: dict[str, Any] = {"ok": ok, "before": before, "after": after, "stopped": state,
+                               "checkpointed": checkpointed, "status": status, "starts": starts, "run": run,
+                               "checkpoint": dump, "restore": rest, "mountinfo": mountinfo["out"]}
+        # --export, then --import under a new name: the count goes on from the archive's
+        exp = self.pm("container", "checkpoint", f"--export={archive}", ck)
+        imp = self.pm("container", "restore", f"--import={archive}", "--name", ck2)
+        imported = counted(ck2, after + 1)
+        starts = self.pm("exec", ck2, "cat", "/tmp/starts")
+        ok = (exp["rc"] == 0 and imp["rc"] == 0 and imported > after and self.status(ck2) == "running"
+              and starts["out"] == "started")
+        return {"checkpoint": out,
+                "checkpoint_export": {"ok": ok, "before": after, "after": imported, "starts": starts, "export": exp,
+                                      "import": imp}}
+
     def steps(self) -> list[tuple[str, Callable[[], dict[str, dict[str, Any]]], tuple[str, ...]]]:
         """(step, function, the rows it fills): a step that raises fails its rows."""
         steps = [("oneshot", self.step_oneshot, ("run", "apparmor", "device", "mknod")),
@@ -248,14 +308,17 @@ class Mode:
                  ("kill_paused", self.step_kill_paused, ("kill_paused",)),
                  ("pod", self.step_pod, ("pod", "stop")),
                  ("keep_id", self.step_keep_id, ("keep_id",)),
-                 ("userns_auto", self.step_userns_auto, ("userns_auto",))]
-        return [s for s in steps if s[0] != "keep_id" or self.rootless]
+                 ("userns_auto", self.step_userns_auto, ("userns_auto",)),
+                 ("checkpoint", self.step_checkpoint, ("checkpoint", "checkpoint_export"))]
+        # keep-id is for rootless podman; checkpoint needs root (rootless podman refuses it)
+        skip = ("checkpoint",) if self.rootless else ("keep_id",)
+        return [s for s in steps if s[0] not in skip]
 
     def cleanup(self) -> None:
         """Only this runtime's containers: the other runtime's may still be running."""
         if not self.pod_removed:
             self.pm("pod", "rm", "-f", "-t", "0", "--ignore", self.pod_name)
-        self.pm("rm", "-f", "-t", "0", "--ignore", self.c1, self.p1c)
+        self.pm("rm", "-f", "-t", "0", "--ignore", self.c1, self.p1c, self.ck, self.ck2)
 
     def calls(self) -> dict[str, Any]:
         """Per runtime verb: how many calls, their total and longest seconds, failures."""
