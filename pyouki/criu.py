@@ -147,12 +147,15 @@ def _failure(verb: str, log_path: str, stderr: bytes | str) -> str:
 
 
 def _bind_mounts(config: dict) -> list[tuple[str, str]]:
-    """(destination, source) of the config's bind mounts, in order."""
+    """(destination, source) of the config's bind mounts, in order; the destination as criu's key
+    for the mount: the path in the container with one leading slash, as its mountinfo shows it."""
     out = []
     for m in config.get("mounts") or []:
         options = m.get("options") or []
         if m.get("type") == "bind" or "bind" in options or "rbind" in options:
-            out.append((os.path.normpath("/" + m["destination"]), m.get("source") or ""))
+            # not normpath("/" + dest): POSIX keeps two leading slashes, "//etc/hostname" names no
+            # mount for criu, which then finds no root for the bind (podman's /etc/hostname & co.)
+            out.append((os.path.normpath("/" + m["destination"].lstrip("/")), m.get("source") or ""))
     return out
 
 

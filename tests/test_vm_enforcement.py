@@ -337,6 +337,27 @@ def test_vm_criu_pre_dump_then_dump_with_parent(guest: dict[str, Any]) -> None:
     _ok(f["delete"])
 
 
+def test_vm_criu_file_binds_of_one_tmpfs_directory(guest: dict[str, Any]) -> None:
+    """podman's /etc/hostname, /etc/hosts, /etc/resolv.conf and /run/.containerenv, binds of
+    files of one tmpfs directory: each is an external mount for criu under its own path (a key
+    "//etc/hostname" matched none, and criu failed: "./etc/hostname doesn't have a proper root
+    mount"); the image restores with the same files bound again."""
+    f = _criu(guest, "file_binds")
+    _ok(f["create"])
+    _ok(f["checkpoint"])
+    assert f["dump_log_error"] == []
+    for dest in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/run/.containerenv"):
+        assert f"Found {dest} mapping for .{dest} mountpoint" in f["mappings"]
+    _ok(f["delete_original"])
+    _ok(f["restore"])
+    assert f["restore_log_error"] == []
+    assert f["restored"]["status"] == "running"
+    assert f["restored"]["nspid"][-1] == "1"
+    assert f["restored_files"] == {"/etc/hostname": "hostname", "/etc/hosts": "hosts",
+                                   "/etc/resolv.conf": "resolv.conf", "/run/.containerenv": ".containerenv"}
+    _ok(f["delete"])
+
+
 def test_vm_criu_restore_in_the_foreground(guest: dict[str, Any]) -> None:
     """restore without -d: the restored shell writes to restore's stdout (its old stdout pipe,
     named in descriptors.json, replaced by criu), --pid-file names it, restore exits with its

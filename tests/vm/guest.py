@@ -415,7 +415,8 @@ class CriuPart(Part):
             facts["cgroup"] = _read(f"/proc/{pid}/cgroup")
         return facts
 
-    def start(self, cid: str, hooks: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any]]:
+    def start(self, cid: str, hooks: dict[str, Any] | None = None,
+              mounts: list[dict[str, Any]] | None = None) -> tuple[str, str, dict[str, Any]]:
         workdir = os.path.join(self.base, cid)
         os.mkdir(workdir)
         bundle = self.drv.make_bundle(workdir, False, None, ["sh", "-c", self.COUNTER])
@@ -427,6 +428,8 @@ class CriuPart(Part):
         config["root"]["readonly"] = False  # the counter is a file in the rootfs
         if hooks:
             config["hooks"] = hooks
+        if mounts:
+            config["mounts"] += mounts
         with open(config_path, "w") as f:
             json.dump(config, f)
         facts: dict[str, Any] = {"create": self.cmd("create", "--bundle", bundle, cid)}
@@ -531,6 +534,49 @@ class CriuPart(Part):
             facts["delete"] = self.cmd("delete", "--force", cid)
         return facts
 
+    def file_binds(self) -> dict[str, Any]:
+        """podman's files (/etc/hostname, /etc/hosts, /etc/resolv.conf, /run/.containerenv), each a
+        bind of a file of one tmpfs directory: criu must take every one as external (as runc's)."""
+        cid = f"criu-files-{os.getpid()}"
+        userdata = os.path.join(self.base, "userdata")
+        os.mkdir(userdata)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", userdata], check=True)
+        names = {"hostname": "/etc/hostname", "hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf",
+                 ".containerenv": "/run/.containerenv"}
+        mounts = []
+        for name, dest in names.items():
+            with open(os.path.join(userdata, name), "w") as f:
+                f.write(f"{name}\n")
+            mounts.append({"destination": dest, "type": "bind", "source": os.path.join(userdata, name),
+                           "options": ["bind", "rprivate"]})
+        try:
+            bundle, rootfs, facts = self.start(cid, mounts=mounts)
+            if facts["create"]["rc"]:
+                return facts
+            facts["before"] = self.wait_count(rootfs, 5)
+            pid = self.observe(cid).get("pid")
+            facts["mountinfo"] = [line for line in (_read(f"/proc/{pid}/mountinfo") or "").splitlines()
+                                  if " - tmpfs " in line]
+            image = os.path.join(self.base, "img-files")
+            facts["checkpoint"] = self.cmd("checkpoint", "--leave-running", "--image-path", image, cid)
+            log_text = _read(os.path.join(image, "dump.log")) or ""
+            facts["dump_log_error"] = _criu_errors(os.path.join(image, "dump.log"))
+            # criu's "Found VAL mapping for ./DEST mountpoint": each bind was taken as external
+            facts["mappings"] = [line.split("mnt: ", 1)[-1] for line in log_text.splitlines()
+                                 if " mapping for " in line][:20]
+            facts["delete_original"] = self.cmd("delete", "--force", cid)
+            if facts["checkpoint"]["rc"] == 0:
+                facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", bundle, cid)
+                facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
+                if facts["restore"]["rc"] == 0:
+                    facts["restored"] = self.observe(cid)
+                    rpid = facts["restored"].get("pid")
+                    facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in names.values()}
+                    facts["delete"] = self.cmd("delete", "--force", cid)
+            return facts
+        finally:
+            subprocess.run(["umount", "-l", userdata], check=False)
+
     def foreground(self) -> dict[str, Any]:
         """restore without --detach: the container's stdout becomes restore's (its old pipe is
         replaced), restore waits for it and exits with its status, and deletes it; --pid-file."""
@@ -583,7 +629,8 @@ class CriuPart(Part):
         out: dict[str, Any] = {"uid": os.getuid(), "criu": res.stdout.strip()}
         try:
             for name, fn in (("stopped", self.stopped), ("leave_running", self.leave_running),
-                             ("pre_dump", self.pre_dump), ("foreground", self.foreground)):
+                             ("pre_dump", self.pre_dump), ("foreground", self.foreground),
+                             ("file_binds", self.file_binds)):
                 _progress(f"{self.name}: {name}")
                 started = time.monotonic()
                 try:
