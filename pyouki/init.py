@@ -429,6 +429,7 @@ def _setup(plan: Plan, up: Channel, down: Channel, stub: ExecStub) -> None:
     close_fds(3 + plan.preserve_fds, [*plan.own_fds(up, stub), down.read_fd, plan.fifo_fd, rootfd])
     if own_mounts:
         fs.pivot(rootfd, plan.rootfs, plan.no_pivot)
+        fs.reopen_dev_null()
     else:
         fs.write_sysctls(linux.get("sysctl") or {})  # through the host's /proc: the rootfs may have none
         fs.chroot(rootfd, plan.rootfs)

@@ -352,3 +352,30 @@ def write_sysctls(sysctl: dict[str, str]) -> None:
                 f.write(value)
         except OSError as e:
             raise PyoukiError(f"linux.sysctl.{key}: failed to write {value!r} to {path}: {reason(e)}") from None
+
+
+def reopen_dev_null() -> None:
+    """Stdio that is the host's /dev/null becomes the container's own, as runc's reOpenDevNull.
+
+    Engines give a detached container the host's /dev/null as stdin (conmon, the shims): a file
+    on a mount outside the container's mount namespace, which criu cannot dump ("Can't lookup
+    mount"). After the pivot /dev/null is the container's; it replaces only a character device
+    with /dev/null's numbers (a planted FIFO or file is left alone).
+    """
+    try:
+        null = os.open("/dev/null", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # none in the container (or not openable): stdio stays as given
+    try:
+        ours = os.fstat(null)
+        if not stat.S_ISCHR(ours.st_mode):
+            return
+        for fd in (0, 1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == ours.st_rdev:
+                os.dup2(null, fd)
+    finally:
+        os.close(null)

@@ -423,3 +423,13 @@ def test_foreground_exec_parent_is_out_of_reach(runner: Runner, bundle: Bundle) 
     r = runner.cmd("exec", cid, "sh", "-c", f"sleep 0.2; {REACH_PARENT}").ok()
     assert r.stdout.split() == ["parent=pyouki", "root-refused", "fds-refused"], r
     runner.delete(cid, "--force").ok()
+
+
+def test_host_dev_null_stdio_becomes_the_containers(runner: Runner, bundle: Bundle) -> None:
+    """Engines give a detached container the host's /dev/null as stdin (conmon, the shims); init
+    swaps it for the container's own /dev/null, as runc does: a file of a mount outside the
+    container's mount namespace is one criu cannot dump (podman checkpoint: "Can't lookup mount")."""
+    bundle.sh('exec 3</dev/null; a=$(grep mnt_id /proc/$$/fdinfo/0); b=$(grep mnt_id /proc/$$/fdinfo/3); '
+              '[ "$a" = "$b" ] && echo same || echo "differ: $a / $b"')
+    r = runner.run(runner.new_id(), bundle)  # the harness's stdin is the host's /dev/null
+    assert r.ok().stdout.strip() == "same", r

@@ -27,11 +27,6 @@ SCENARIOS = ("run", "apparmor", "sleeper", "exec", "exec_it", "exec_detach", "ex
              "pod")
 # scenarios of one mode only: checkpoint needs root (keep_id, rootless only, has its own test)
 ROOTFUL_ONLY = ("checkpoint", "checkpoint_export")
-# a known pyouki bug this tier found (issue 12 stays open on it): not strict, since which of
-# podman's file binds criu trips on varies between runs and a run might pass
-CRIU_BUG = pytest.mark.xfail(strict=False, reason=(
-    "pyouki's checkpoint under podman: criu 'mnt: N:./etc/hostname doesn't have a proper root mount' "
-    "on podman's file binds from one tmpfs, where runc passes (tests/laptop/README.md)"))
 
 
 def _load(name: str, path: str) -> Any:
@@ -93,7 +88,7 @@ def test_laptop_guest_is_a_laptop(guest: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("mode", "name"), [(m, n) for n in SCENARIOS for m in MODES] +
-                         [pytest.param("rootful", n, marks=CRIU_BUG) for n in ROOTFUL_ONLY])
+                         [("rootful", n) for n in ROOTFUL_ONLY])
 def test_laptop_pyouki_passes_where_runc_passes(guest: dict[str, Any], mode: str, name: str) -> None:
     runc = _scenario(guest, mode, "runc", name)
     pyouki = _scenario(guest, mode, "pyouki", name)
@@ -139,7 +134,7 @@ def test_laptop_rootful_mknod_of_any_node(guest: dict[str, Any]) -> None:
         assert facts["cmd"]["out"].splitlines()[-1] == "denied", runtime
 
 
-@pytest.mark.parametrize("runtime", ["runc", pytest.param("pyouki", marks=CRIU_BUG)])
+@pytest.mark.parametrize("runtime", ["runc", "pyouki"])
 def test_laptop_rootful_checkpoint_restore(guest: dict[str, Any], runtime: str) -> None:
     """criu can dump on this kernel: podman checkpoint/restore (in place, and exported then
     imported under a new name) goes on counting where it stopped."""
