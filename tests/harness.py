@@ -54,6 +54,21 @@ class RuntimeInfo:
         return f"{xdg_runtime_dir}/{self.name}"
 
 
+def load_by_path(name: str, path: str) -> Any:
+    """The module at path (relative to the repository) under name, loaded once and shared through
+    sys.modules: the tiers' helpers are scripts too, and "systemd" as a package name would clash
+    with python-systemd, so they are not imported as packages."""
+    if name not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def find_runtime() -> RuntimeInfo:
     """Resolve the runtime from ``PYOUKI_TEST_RUNTIME`` or the venv's ``pyouki`` script."""
     path = os.environ.get("PYOUKI_TEST_RUNTIME") or str(Path(sys.executable).parent / "pyouki")

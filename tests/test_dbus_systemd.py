@@ -9,7 +9,6 @@ the assertions are here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import load_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -28,13 +28,7 @@ TEST_UID = 1000
 
 
 def _load_nspawn() -> Any:
-    # Loaded by path: "systemd" as a package name would clash with python-systemd.
-    spec = importlib.util.spec_from_file_location("pyouki_tests_nspawn", REPO / "tests/systemd/nspawn.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path("pyouki_tests_nspawn", "tests/systemd/nspawn.py")
 
 
 nspawn = _load_nspawn()

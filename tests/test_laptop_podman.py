@@ -11,14 +11,13 @@ durations).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import load_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("rootless", "rootful")
@@ -36,17 +35,7 @@ EXPORT_BUG = pytest.mark.xfail(strict=False, reason=(
     "(tests/laptop/README.md)"))
 
 
-def _load(name: str, path: str) -> Any:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-laptop = _load("pyouki_tests_laptop", "tests/laptop/laptop.py")
+laptop = load_by_path("pyouki_tests_laptop", "tests/laptop/laptop.py")
 
 
 @pytest.fixture(scope="session")

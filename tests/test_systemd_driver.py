@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Bundle, Result, Runner, assert_failed_cleanly, marked_pids
+from harness import Bundle, Result, Runner, assert_failed_cleanly, load_by_path, marked_pids
 
 from pyouki.cgroups.systemd import ENFORCED_BY, _manager_controllers, parse_cgroups_path, split_resources, unenforced
 from pyouki.errors import ConfigError
@@ -37,17 +36,7 @@ TEST_UID = 1000
 
 
 def _load_nspawn() -> Any:
-    # Loaded by path ("systemd" as a package name would clash with python-systemd); shared
-    # with test_dbus_systemd.py through sys.modules.
-    name = "pyouki_tests_nspawn"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests/systemd/nspawn.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_by_path("pyouki_tests_nspawn", "tests/systemd/nspawn.py")
 
 
 nspawn = _load_nspawn()

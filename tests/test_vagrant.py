@@ -11,29 +11,18 @@ has its durations).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import load_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str, path: Path) -> Any:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-run = _load("pyouki_tests_vagrant_run", REPO / "tests/vagrant/run.py")
+run = load_by_path("pyouki_tests_vagrant_run", "tests/vagrant/run.py")
 
 
 def _apt_packages() -> list[str]:

@@ -9,15 +9,14 @@ reports what the kernel did; the assertions are here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import load_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -26,14 +25,7 @@ PARTS = ("rootless-systemd", "rootful-systemd", "rootful-cgroupfs")
 
 
 def _load_vm() -> Any:
-    name = "pyouki_tests_vm"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests/vm/vm.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_by_path("pyouki_tests_vm", "tests/vm/vm.py")
 
 
 vm = _load_vm()
