@@ -159,6 +159,76 @@ def _bind_mounts(config: dict) -> list[tuple[str, str]]:
     return out
 
 
+class Mountpoint:
+    """A mount's mountpoint that restore makes in the rootfs before criu runs (runc's
+    makeCriuRestoreMountpoints): a container restored into a fresh rootfs (`podman container
+    restore --import`) lacks those that the runtime made at create (podman's /run/.containerenv,
+    /etc/hostname), and criu stops at the first: `Can't stat mountpoint`."""
+
+    def __init__(self, field: str, destination: str, kind: str, source: str = "") -> None:
+        self.field = field
+        self.destination = destination
+        self.kind = kind  # "dir" or "file", what walk() creates
+        self.source = source  # a bind's source: bound there while criu runs, for mounts inside it
+
+    def __repr__(self) -> str:
+        return f"Mountpoint({self.field!r}, {self.destination!r}, {self.kind!r}, {self.source!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mountpoint) and repr(self) == repr(other)
+
+
+def restore_mountpoints(config: dict, bundle: str) -> list[Mountpoint]:
+    """The mountpoints restore makes, in config order; a bind's source is made absolute (relative
+    to the bundle) and must exist. Nothing beneath a tmpfs: criu restores a tmpfs' whole content
+    from the image. cgroup mounts need none (criu mounts the hierarchies itself)."""
+    from pyouki.mounts import clean_path
+
+    mounts = config.get("mounts") or []
+    tmpfs = [clean_path(m["destination"]) for m in mounts if m.get("type") == "tmpfs"]
+    out = []
+    for i, m in enumerate(mounts):
+        dest = clean_path(m["destination"])
+        if m.get("type") == "cgroup" or any(dest.startswith(t.rstrip("/") + "/") for t in tmpfs):
+            continue
+        field = f"mounts[{i}]"
+        options = m.get("options") or []
+        if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+            source = os.path.join(bundle, m.get("source") or "")
+            if not os.path.exists(source):
+                raise PyoukiError(f"{field}.source: bind source {source} does not exist")
+            out.append(Mountpoint(field, dest, "dir" if os.path.isdir(source) else "file", source))
+        else:
+            out.append(Mountpoint(field, dest, "dir"))
+    return out
+
+
+def make_mountpoints(rootfs: str, points: list[Mountpoint]) -> None:
+    """Make each mountpoint inside rootfs (symlinks resolved inside it, as at create) and bind each
+    bind's source there, so that the mountpoints of mounts inside a bind are found (runc #2748).
+    Runs in restore's own mount namespace: the binds end with it."""
+    from pyouki import syscalls
+    from pyouki.mounts import proc_fd, walk
+
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for p in points:
+            try:
+                fd = walk(rootfd, p.destination, p.kind)
+            except OSError as e:
+                raise PyoukiError(f"{p.field}.destination: failed to create {p.destination} in the rootfs: "
+                                  f"{reason(e)}") from None
+            try:
+                if p.source:
+                    syscalls.mount(p.source, proc_fd(fd), None, syscalls.MS_BIND | syscalls.MS_REC)
+            except OSError as e:
+                raise PyoukiError(f"{p.field}: failed to mount bind on {p.destination}: {reason(e)}") from None
+            finally:
+                os.close(fd)
+    finally:
+        os.close(rootfd)
+
+
 def _mounted_devices(pid: int, config: dict) -> list[str]:
     """linux.devices that are mount points in the container (bound from the host in a user namespace)."""
     points = _mount_points(pid)
@@ -410,7 +480,7 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
         keep.append(script_fd)
         args += ["--action-script", script]
     for dest, source in _bind_mounts(config):
-        args += ["--external", f"mnt[{dest}]:{source}"]
+        args += ["--external", f"mnt[{dest}]:{os.path.join(bundle, source)}"]  # relative: to the bundle
     if (config.get("linux") or {}).get("maskedPaths"):
         args += ["--external", "mnt[/dev/null]:/dev/null"]
     for d in (config.get("linux") or {}).get("devices") or []:
@@ -436,11 +506,14 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
         for fd, link in enumerate(links[:3]):
             if isinstance(link, str) and link.startswith("pipe:"):
                 args += ["--inherit-fd", f"fd[{fd}]:{link}"]  # our stdio takes the old pipes' place
+        points = restore_mountpoints(config, bundle)
         gate_r, gate_w = os.pipe()
+        error_r, error_w = os.pipe()  # the child's error, if it cannot exec criu (both are close-on-exec)
         pid = os.fork()
         if pid == 0:  # the child becomes criu, once it is in the container's cgroup
             try:
                 os.close(gate_w)
+                os.close(error_r)
                 given = _read_all(gate_r)  # the --cgroup-root arguments; nothing: the parent failed
                 if not given:
                     os._exit(1)
@@ -450,15 +523,20 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
                 # be that of the dumped root (a slave of the host's mount, like the rootfs).
                 syscalls.unshare(syscalls.CLONE_NEWNS)
                 syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_SLAVE)
+                make_mountpoints(rootfs, points)
                 syscalls.mount(rootfs, mnt, None, syscalls.MS_BIND | syscalls.MS_REC)
                 for fd in keep:
                     os.set_inheritable(fd, True)
                 os.environ["PYOUKI_BUNDLE"] = bundle  # criu passes its environment to the action script
                 os.execv(criu, args + [a for a in given.decode().split("\0") if a])
+            except PyoukiError as e:
+                os.write(error_w, str(e).encode())
             except BaseException as e:  # noqa: BLE001  (the child must never return)
-                os.write(2, f"pyouki: restore: cannot run criu: {e}\n".encode())
+                os.write(error_w, f"restore failed: cannot run criu: {reason(e) if isinstance(e, OSError) else e}"
+                         .encode())
             os._exit(127)
         os.close(gate_r)
+        os.close(error_w)
         try:
             extra: list[str] = ["--manage-cgroups=ignore"] if cgroup is None else []
             if cgroup is not None:
@@ -474,10 +552,15 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
             from pyouki.spawn import kill_and_reap
 
             os.close(gate_w)
+            os.close(error_r)
             kill_and_reap(pid)
             raise
         os.close(gate_w)
         _, status = os.waitpid(pid, 0)
+        child_error = _read_all(error_r).decode(errors="replace")
+        os.close(error_r)
+        if child_error:
+            raise PyoukiError(child_error)
     finally:
         for fd in keep:
             os.close(fd)

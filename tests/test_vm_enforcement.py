@@ -350,6 +350,23 @@ def test_vm_criu_file_binds_of_one_tmpfs_directory(guest: dict[str, Any]) -> Non
     _ok(f["delete"])
 
 
+def test_vm_criu_restore_into_a_fresh_rootfs(guest: dict[str, Any]) -> None:
+    """`podman container restore --import --name NEW`: the image restored under a new id into a
+    fresh rootfs that lacks the mountpoints made at create. restore makes them first, as runc's
+    makeCriuRestoreMountpoints; without that criu stopped at "Can't stat mountpoint
+    .../run/.containerenv" (the laptop tier's checkpoint_export row)."""
+    f = _criu(guest, "file_binds").get("imported")
+    assert f is not None, "the in-place restore failed first (test_vm_criu_file_binds_of_one_tmpfs_directory)"
+    assert f["fresh_has_run"] is False
+    _ok(f["restore"])
+    assert f["restore_log_error"] == []
+    assert f["restored"]["status"] == "running"
+    assert f["restored_files"] == {"/etc/hostname": "hostname", "/etc/hosts": "hosts",
+                                   "/etc/resolv.conf": "resolv.conf", "/run/.containerenv": ".containerenv"}
+    assert f["counting_on"] is True
+    _ok(f["delete"])
+
+
 def test_vm_criu_restore_in_the_foreground(guest: dict[str, Any]) -> None:
     """restore without -d: the restored shell writes to restore's stdout (its old stdout pipe,
     named in descriptors.json, replaced by criu), --pid-file names it, restore exits with its

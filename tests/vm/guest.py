@@ -573,9 +573,31 @@ class CriuPart(Part):
                     rpid = facts["restored"].get("pid")
                     facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in names.values()}
                     facts["delete"] = self.cmd("delete", "--force", cid)
+                    facts["imported"] = self.imported(image, bundle, names)
             return facts
         finally:
             subprocess.run(["umount", "-l", userdata], check=False)
+
+    def imported(self, image: str, bundle: str, names: dict[str, str]) -> dict[str, Any]:
+        """The image restored under a new id into a fresh rootfs, as `podman container restore
+        --import --name NEW` does: the mountpoints pyouki made at create (/etc, /run and the
+        files in them) are missing there, and restore makes them before criu runs."""
+        cid = f"criu-import-{os.getpid()}"
+        workdir = os.path.join(self.base, cid)
+        os.mkdir(workdir)
+        fresh = self.drv.make_bundle(workdir, False, None, ["true"])
+        shutil.copy(os.path.join(bundle, "config.json"), os.path.join(fresh, "config.json"))
+        rootfs = os.path.join(fresh, "rootfs")
+        facts: dict[str, Any] = {"fresh_has_run": os.path.exists(os.path.join(rootfs, "run"))}
+        facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", fresh, cid)
+        facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
+        if facts["restore"]["rc"] == 0:
+            facts["restored"] = self.observe(cid)
+            rpid = facts["restored"].get("pid")
+            facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in names.values()}
+            facts["counting_on"] = self.wait_count(rootfs, 0) is not None  # the shell writes the new rootfs
+            facts["delete"] = self.cmd("delete", "--force", cid)
+        return facts
 
     def foreground(self) -> dict[str, Any]:
         """restore without --detach: the container's stdout becomes restore's (its old pipe is
