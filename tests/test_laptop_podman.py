@@ -26,13 +26,6 @@ SCENARIOS = ("run", "apparmor", "sleeper", "exec", "exec_it", "exec_detach", "ex
              "pod")
 # scenarios of one mode only: checkpoint needs root (keep_id, rootless only, has its own test)
 ROOTFUL_ONLY = ("checkpoint", "checkpoint_export")
-# a known pyouki bug this tier found (issue 12 stays open on it): restoring an exported checkpoint
-# into a new container fails, criu's "mnt-v2: Can't stat mountpoint .../run/.containerenv": the
-# fresh rootfs lacks the bind mounts' mountpoints, which runc makes before restoring
-# (makeCriuRestoreMountpoints). Not strict: a fix must turn it into a plain pass, not fail CI.
-EXPORT_BUG = pytest.mark.xfail(strict=False, reason=(
-    "pyouki's restore --import: criu cannot stat the bind mounts' mountpoints in the new rootfs "
-    "(tests/laptop/README.md)"))
 
 
 laptop = load_by_path("pyouki_tests_laptop", "tests/laptop/laptop.py")
@@ -84,7 +77,7 @@ def test_laptop_guest_is_a_laptop(guest: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("mode", "name"), [(m, n) for n in SCENARIOS for m in MODES] +
-                         [("rootful", "checkpoint"), pytest.param("rootful", "checkpoint_export", marks=EXPORT_BUG)])
+                         [("rootful", "checkpoint"), ("rootful", "checkpoint_export")])
 def test_laptop_pyouki_passes_where_runc_passes(guest: dict[str, Any], mode: str, name: str) -> None:
     runc = _scenario(guest, mode, "runc", name)
     pyouki = _scenario(guest, mode, "pyouki", name)
@@ -132,7 +125,7 @@ def test_laptop_rootful_mknod_of_any_node(guest: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(("runtime", "name"), [
     ("runc", "checkpoint"), ("runc", "checkpoint_export"),
-    ("pyouki", "checkpoint"), pytest.param("pyouki", "checkpoint_export", marks=EXPORT_BUG)])
+    ("pyouki", "checkpoint"), ("pyouki", "checkpoint_export")])
 def test_laptop_rootful_checkpoint_restore(guest: dict[str, Any], runtime: str, name: str) -> None:
     """criu can dump on this kernel: podman checkpoint/restore (in place, and exported then
     imported under a new name) goes on counting where it stopped."""
