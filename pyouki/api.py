@@ -367,7 +367,7 @@ class Container:
             args=list(args), env=list(env or []), cwd=cwd, user=None if user is None else str(user),
             additional_gids=[str(g) for g in additional_gids], caps=list(caps), no_new_privs=no_new_privileges,
             tty=tty, console_socket=console_socket, ignore_paused=ignore_paused,
-            stdio=_stdio(stdin, stdout, stderr), listen_fds=0,
+            stdio=_stdio(stdin, stdout, stderr),
         )
         with _errors(), _subreaper(), _spawn_lock:
             pid, master = start_process(self._root, self.id, opts)

@@ -37,7 +37,7 @@ class ExecOptions:
                  process_label: str | None = None, tty: bool = False, console_socket: str | None = None,
                  pid_file: str | None = None, detach: bool = False, preserve_fds: int = 0,
                  ignore_paused: bool = False, cgroup: list[str] | str | None = None,
-                 stdio: tuple[int, int, int] | None = None, listen_fds: int | None = None) -> None:
+                 stdio: tuple[int, int, int] | None = None) -> None:
         self.args = list(args or [])
         self.process_file = process_file
         self.env = list(env or [])
@@ -57,9 +57,6 @@ class ExecOptions:
         self.cgroup = cgroup
         # the process's stdin/stdout/stderr; None: the caller's own (the CLI's case)
         self.stdio = stdio
-        # socket-activation fds passed on after the preserved ones; None: LISTEN_FDS of the
-        # caller's environment (the CLI's contract, as runc), the API passes 0
-        self.listen_fds = listen_fds
 
 
 def build_process(config: dict, opts: ExecOptions) -> dict:
@@ -240,7 +237,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
             saved = os.sched_getaffinity(0)
             set_affinity(initial, "process.execCPUAffinity.initial")
         try:
-            spawn.fork(_intermediate, plan, opts.listen_fds, stdio=opts.stdio)
+            spawn.fork(_intermediate, plan, stdio=opts.stdio)
         finally:
             _close_plan_fds(plan)
             if saved is not None:
@@ -301,7 +298,7 @@ def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
             return
 
 
-def _intermediate(plan: init.ProcessPlan, listen_fds: int | None, down: Channel, up: Channel) -> None:
+def _intermediate(plan: init.ProcessPlan, down: Channel, up: Channel) -> None:
     """Join the container's namespaces and fork the process into them; never returns."""
     from pyouki import init
     from pyouki.execstub import ExecStub
@@ -310,8 +307,6 @@ def _intermediate(plan: init.ProcessPlan, listen_fds: int | None, down: Channel,
         init.die_with(plan.parent_pid)
         # nothing in the container may ptrace us or read our memory while we hold host fds
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        # LISTEN_FDS counted here: LISTEN_PID names this process, not its children
-        plan.preserve_fds += init.listen_fds() if listen_fds is None else listen_fds
         # on the host, before the container's filesystem and seccomp filter
         stub = ExecStub.prepare(3 + plan.preserve_fds)
         if down.receive()[0] != "go":
