@@ -147,8 +147,8 @@ def _failure(verb: str, log_path: str, stderr: bytes | str) -> str:
 
 
 def _bind_mounts(config: dict) -> list[tuple[str, str]]:
-    """(destination, source) of the config's bind mounts, in order; the destination as criu's key
-    for the mount: the path in the container with one leading slash, as its mountinfo shows it."""
+    """(destination, source) of the config's bind mounts, in order; the destination cleaned, with
+    one leading slash as mountinfo shows paths (_keys then follows the rootfs' symlinks)."""
     out = []
     for m in config.get("mounts") or []:
         options = m.get("options") or []
@@ -225,6 +225,28 @@ def make_mountpoints(rootfs: str, points: list[Mountpoint]) -> None:
                 raise PyoukiError(f"{p.field}: failed to mount bind on {p.destination}: {reason(e)}") from None
             finally:
                 os.close(fd)
+    finally:
+        os.close(rootfd)
+
+
+def _keys(rootfs: str, paths: list[str]) -> list[str]:
+    """criu's key for each mount destination: the path with the rootfs' symlinks followed inside
+    it (mounts.resolve, runc's SecureJoin), where the mount sits in the container's mountinfo. A
+    runc image restores with pyouki and the other way round, as both use the same keys."""
+    from pyouki.mounts import resolve
+
+    try:
+        rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return paths
+    try:
+        out = []
+        for path in paths:
+            try:
+                out.append(resolve(rootfd, path))
+            except OSError:  # a file where a directory should be: criu names the mount itself
+                out.append(path)
+        return out
     finally:
         os.close(rootfd)
 
@@ -362,8 +384,9 @@ def _dump(criu: str, container, config: dict, opts: CriuOptions) -> None:  # typ
             args += ["--external", f"{'net' if kind == 'network' else kind}[{ino}]:{_external_ns_key(kind)}"]
     if not opts.pre_dump:
         pid = container.pid
-        for dest, _source in _bind_mounts(config):
-            args += ["--external", f"mnt[{dest}]:{dest}"]
+        binds = _bind_mounts(config)
+        for key in _keys(container.record.get("rootfs") or "/", [dest for dest, _ in binds]):
+            args += ["--external", f"mnt[{key}]:{key}"]
         for path in _masked_files(pid, config):
             args += ["--external", f"mnt[{path}]:/dev/null"]
         for path in _mounted_devices(pid, config):
@@ -479,8 +502,9 @@ def _restore(criu: str, container, config: dict, bundle: str, rootfs: str,  # ty
         script, script_fd = _action_script(container.dir)
         keep.append(script_fd)
         args += ["--action-script", script]
-    for dest, source in _bind_mounts(config):
-        args += ["--external", f"mnt[{dest}]:{os.path.join(bundle, source)}"]  # relative: to the bundle
+    binds = _bind_mounts(config)
+    for key, (_, source) in zip(_keys(rootfs, [dest for dest, _ in binds]), binds, strict=True):
+        args += ["--external", f"mnt[{key}]:{os.path.join(bundle, source)}"]  # relative: to the bundle
     if (config.get("linux") or {}).get("maskedPaths"):
         args += ["--external", "mnt[/dev/null]:/dev/null"]
     for d in (config.get("linux") or {}).get("devices") or []:

@@ -128,21 +128,48 @@ def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
     reaches the kernel that it could resolve outside the root. A missing directory followed by
     ".." is made too (the kernel, resolving the same path for the container later, needs it).
     """
+    fd, _ = _walk(rootfd, path, create, mode, resolve_only=False)
+    return fd
+
+
+def resolve(rootfd: int, path: str) -> str:
+    """The absolute path inside the root that walk(rootfd, path, ...) reaches, with the root's
+    symlinks followed as walk follows them and a missing tail kept as given, lexically cleaned
+    (runc's SecureJoin, without the root's own path). Nothing is created."""
+    _, names = _walk(rootfd, path, "", 0, resolve_only=True)
+    return "/" + "/".join(names)
+
+
+def _walk(rootfd: int, path: str, create: str, mode: int, resolve_only: bool) -> tuple[int, list[str]]:
+    """walk()'s loop; names holds the name of each directory in the chain below the root.
+    Resolving only, the fd returned is -1 and the names go on with the missing tail."""
     parts = _parts(path)
     chain = [os.dup(rootfd)]  # the fds of the directories walked through, for ".."
+    names: list[str] = []
+    missing: list[str] = []
     links = 0
     try:
         while parts:
             part = parts.pop(0)
+            if missing:  # resolving only, below a missing name: as walk would have made it
+                if part == "..":
+                    missing.pop()
+                else:
+                    missing.append(part)
+                continue
             if part == "..":
                 if len(chain) > 1:
                     os.close(chain.pop())
+                    names.pop()
                 continue
             parent = chain[-1]
             last = not parts
             try:
                 fd = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             except FileNotFoundError:
+                if resolve_only:  # kept as text, up to a ".." that leads back to what exists
+                    missing.append(part)
+                    continue
                 if not create:
                     raise
                 try:
@@ -163,10 +190,14 @@ def walk(rootfd: int, path: str, create: str = "", mode: int = 0o755) -> int:
                 if target.startswith("/"):
                     while len(chain) > 1:
                         os.close(chain.pop())
+                    names.clear()
                 parts = _parts(target) + parts
                 continue
             chain.append(fd)
-        return chain.pop()
+            names.append(part)
+        if resolve_only:
+            return -1, names + missing
+        return chain.pop(), names
     finally:
         for fd in chain:
             os.close(fd)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyouki.mounts import walk
+from pyouki.mounts import resolve, walk
 
 
 def _where(fd: int) -> str:
@@ -75,3 +75,22 @@ def test_file_is_made_empty_and_existing_kept(tree: tuple[Path, Path, int]) -> N
     (root / "etc/resolv.conf").write_text("kept")
     os.close(walk(fd, "/etc/resolv.conf", "file"))
     assert (root / "etc/resolv.conf").read_text() == "kept"
+
+
+def test_resolve_names_what_walk_reaches(tree: tuple[Path, Path, int]) -> None:
+    """resolve() is runc's SecureJoin inside the root: the path that walk() would reach, made
+    or not, with nothing created (criu's keys for mounts whose destination has a symlink)."""
+    root, outside, fd = tree
+    (root / "etc").mkdir()
+    os.symlink("/run/systemd/resolve/stub-resolv.conf", root / "etc/resolv.conf")  # dangling, as in images
+    os.symlink("../../../../" + outside.name, root / "up")
+    os.symlink(str(outside), root / "abs")
+    os.symlink("etc", root / "cfg")
+    cases = ["/etc/resolv.conf", "up/x", "/abs/y/../z", "/missing/../cfg/hosts", "/etc/../../a//b/./c",
+             "/cfg", "/"]
+    resolved = [resolve(fd, p) for p in cases]
+    assert resolved == ["/run/systemd/resolve/stub-resolv.conf", f"/{outside.name}/x", f"{outside}/z",
+                        "/etc/hosts", "/a/b/c", "/etc", "/"]
+    assert sorted(p.name for p in root.iterdir()) == ["abs", "cfg", "etc", "up"]  # nothing made
+    for path, want in zip(cases[:5], resolved, strict=False):  # walk reaches the same places
+        assert _where(walk(fd, path, "file")) == str(root) + want

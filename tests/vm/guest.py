@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -415,11 +416,13 @@ class CriuPart(Part):
             facts["cgroup"] = _read(f"/proc/{pid}/cgroup")
         return facts
 
-    def start(self, cid: str, hooks: dict[str, Any] | None = None,
-              mounts: list[dict[str, Any]] | None = None) -> tuple[str, str, dict[str, Any]]:
+    def start(self, cid: str, hooks: dict[str, Any] | None = None, mounts: list[dict[str, Any]] | None = None,
+              prepare: Callable[[str], None] | None = None) -> tuple[str, str, dict[str, Any]]:
         workdir = os.path.join(self.base, cid)
         os.mkdir(workdir)
         bundle = self.drv.make_bundle(workdir, False, None, ["sh", "-c", self.COUNTER])
+        if prepare:
+            prepare(os.path.join(bundle, "rootfs"))
         config_path = os.path.join(bundle, "config.json")
         with open(config_path) as f:
             config = json.load(f)
@@ -550,7 +553,7 @@ class CriuPart(Part):
             mounts.append({"destination": dest, "type": "bind", "source": os.path.join(userdata, name),
                            "options": ["bind", "rprivate"]})
         try:
-            bundle, rootfs, facts = self.start(cid, mounts=mounts)
+            bundle, rootfs, facts = self.start(cid, mounts=mounts, prepare=_resolv_conf_symlink)
             if facts["create"]["rc"]:
                 return facts
             facts["before"] = self.wait_count(rootfs, 5)
@@ -588,6 +591,7 @@ class CriuPart(Part):
         fresh = self.drv.make_bundle(workdir, False, None, ["true"])
         shutil.copy(os.path.join(bundle, "config.json"), os.path.join(fresh, "config.json"))
         rootfs = os.path.join(fresh, "rootfs")
+        _resolv_conf_symlink(rootfs)  # the image's own files come with the import
         facts: dict[str, Any] = {"fresh_has_run": os.path.exists(os.path.join(rootfs, "run"))}
         facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", fresh, cid)
         facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
@@ -665,6 +669,13 @@ class CriuPart(Part):
                 os.close(fd)
             shutil.rmtree(self.base, ignore_errors=True)
         return out
+
+
+def _resolv_conf_symlink(rootfs: str) -> None:
+    """An image whose /etc/resolv.conf is a symlink (systemd-resolved's stub, dangling in the
+    image): the bind lands on its target, and criu's key must be the target (runc's SecureJoin)."""
+    os.makedirs(os.path.join(rootfs, "etc"), exist_ok=True)
+    os.symlink("../run/resolv.real", os.path.join(rootfs, "etc/resolv.conf"))
 
 
 def _counts(rootfs: str) -> list[int]:
