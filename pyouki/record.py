@@ -195,9 +195,13 @@ def frozen_plain(cgroup: dict) -> bool | None:
 
 def remove_plain(cgroup: dict) -> bool:
     """rmdir each directory of a plain cgroupfs v1/v2 record (gone already is fine): all it takes
-    when the container made no child cgroups. False when that is not enough (a child cgroup, an
-    error, another driver): the driver must remove it, and reports why it cannot."""
+    when the container made no child cgroups; the same for a systemd record whose scope systemd
+    has collected (_systemd_scope_gone). False when that is not enough (a child cgroup, an error,
+    a live or older systemd scope, another driver): the driver must remove it, and reports why it
+    cannot."""
     driver = cgroup.get("driver")
+    if driver == "systemd":
+        return _systemd_scope_gone(cgroup) and remove_plain(cgroup["fs"])
     if driver == "cgroupfs-v1":
         paths = cgroup.get("paths") or {}
         dirs = [*dict.fromkeys(paths.values()), *([cgroup["unified"]] if cgroup.get("unified") else [])]
@@ -215,6 +219,27 @@ def remove_plain(cgroup: dict) -> bool:
         except OSError:
             return False
     return True
+
+
+def _systemd_scope_gone(cgroup: dict) -> bool:
+    """Whether a systemd-driver record's scope is gone for good, so that removing what cgroupfs
+    left is all a delete does: made with CollectMode=inactive-or-failed (systemd unloads it, failed
+    or not, once its cgroup is empty) and its cgroup in the hierarchy systemd manages is gone. A
+    slice, an older record or a scope still there: the driver removes it (StopUnit,
+    ResetFailedUnit)."""
+    fs = cgroup.get("fs")
+    if not cgroup.get("collect") or str(cgroup.get("unit")).endswith(".slice") or not isinstance(fs, dict):
+        return False
+    path = fs.get("path") if fs.get("driver") == "cgroupfs-v2" else (fs.get("paths") or {}).get("name=systemd")
+    if not path:
+        return False
+    try:
+        posix.stat(str(path))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def remove_dir(container_dir: str) -> None:

@@ -274,3 +274,28 @@ def test_rootless_requested_fields_are_what_a_cgroup_must_apply() -> None:
         from pyouki.cgroups import refuse_without_cgroup
 
         refuse_without_cgroup(requested(None, {"pids": {"limit": 1}}), "no cgroup")
+
+
+def test_a_collected_systemd_scope_is_removed_without_its_driver(tmp_path: Path) -> None:
+    """A systemd record's delete needs no D-Bus when its scope had CollectMode=inactive-or-failed
+    (systemd unloads it, failed or not) and the scope's cgroup is gone: what cgroupfs left (v1's
+    other hierarchies) is removed by rmdir. Anything else goes to the driver (StopUnit,
+    ResetFailedUnit)."""
+    from pyouki.record import remove_plain
+
+    gone = str(tmp_path / "gone.scope")
+    left = tmp_path / "cpu" / "x.scope"
+    left.mkdir(parents=True)
+    v1 = {"driver": "cgroupfs-v1", "paths": {"name=systemd": gone, "cpu": str(left)}}
+    record = {"driver": "systemd", "unit": "pyouki-x.scope", "slice": "system.slice", "collect": True, "fs": v1}
+    assert remove_plain(record) is True
+    assert not left.exists()
+    v2 = {"driver": "cgroupfs-v2", "path": gone}
+    assert remove_plain(dict(record, fs=v2)) is True
+    still = tmp_path / "still.scope"
+    still.mkdir()
+    assert remove_plain(dict(record, fs={"driver": "cgroupfs-v2", "path": str(still)})) is False  # stop it first
+    assert still.exists()
+    assert remove_plain(dict(record, collect=False, fs=v2)) is False  # may be loaded, failed: reset it
+    assert remove_plain(dict(record, unit="pyouki-x.slice", fs=v2)) is False  # a slice is stopped
+    assert remove_plain(dict(record, fs=None)) is False

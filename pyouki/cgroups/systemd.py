@@ -102,6 +102,8 @@ class SystemdCgroup:
         self.rootless = rootless
         self.fs = fs  # known once the unit exists (its ControlGroup)
         self._systemd = systemd
+        # the scope was made with CollectMode=inactive-or-failed: see apply
+        self.collect = False
 
     # D-Bus ----------------------------------------------------------------------------------
 
@@ -147,8 +149,22 @@ class SystemdCgroup:
             sd.start_transient_unit(self.unit, {"Description": description, "Wants": [self.slice],
                                                 "DefaultDependencies": False}, timeout=TIMEOUT)
         else:
-            sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
-                                     description=description, timeout=TIMEOUT)
+            # CollectMode=inactive-or-failed: systemd unloads the scope once its cgroup is empty
+            # even when it failed (an OOM kill, a stop that timed out), so the name is free again
+            # and delete of a stopped container needs no D-Bus at all (pyouki.record.remove_plain):
+            # the podman path's delete stays on pyouki.cli.hot. runc keeps a failed scope until
+            # its delete resets it; the outcome for the next create is the same.
+            try:
+                sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
+                                         description=description, timeout=TIMEOUT,
+                                         properties={"CollectMode": "inactive-or-failed"})
+                self.collect = True
+            except PyoukiError as e:
+                if "CollectMode" not in str(e):
+                    raise
+                _debug(f"systemd refuses CollectMode (before v236): {e}")
+                sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
+                                         description=description, timeout=TIMEOUT)
         try:
             # Where the kernel put the pid is the scope's cgroup as this process sees it (also
             # inside a cgroup namespace), and costs no D-Bus round trip; a slice asks systemd.
@@ -288,7 +304,8 @@ class SystemdCgroup:
     def to_state(self) -> dict:
         """What state.json keeps: the unit, which manager, and the cgroupfs driver's own state."""
         return {"driver": self.driver, "unit": self.unit, "slice": self.slice, "user": self.user,
-                "rootless": self.rootless, "fs": self.fs.to_state() if self.fs is not None else None}
+                "rootless": self.rootless, "fs": self.fs.to_state() if self.fs is not None else None,
+                "collect": self.collect}
 
 
 # Each unit property resources_to_properties sets: (its field under linux.resources, the cgroup v2
@@ -388,4 +405,6 @@ def from_state(d: dict) -> SystemdCgroup:
         from pyouki.cgroups import manager_from_state  # not manager.py's: that imports typing
 
         fs = manager_from_state(d["fs"])
-    return SystemdCgroup(d["unit"], d["slice"], bool(d.get("user")), bool(d.get("rootless")), fs)
+    cgroup = SystemdCgroup(d["unit"], d["slice"], bool(d.get("user")), bool(d.get("rootless")), fs)
+    cgroup.collect = bool(d.get("collect"))
+    return cgroup

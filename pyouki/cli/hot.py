@@ -11,9 +11,11 @@ Everything else is declined before anything has changed (run returns None) and t
 does it, from the start: an option it does not read (and --help, --debug), a relative or
 unnormalised --root, a record whose cgroup only its driver can read, hooks, a notify socket,
 kill --all, a paused container's SIGKILL, delete of a live or created container, of a killed
-create's remains or under the systemd driver (the unit is systemd's to remove), and every refusal
-by status (so those messages have one source). A systemd record's state, start and kill are done
-here: the frozen check reads the unit's cgroup through the cgroupfs state the record keeps. The
+create's remains, under the systemd driver unless its scope is collected and gone (otherwise the
+unit is systemd's to stop and reset), and every refusal by status (so those messages have one
+source). A systemd record's state, start, kill and delete are done here: the frozen check reads
+the unit's cgroup through the cgroupfs state the record keeps, and a scope made with
+CollectMode=inactive-or-failed whose cgroup is gone needs nothing from systemd. The
 errors it does report (no such container, an invalid id or signal, a record it cannot read, a
 failed write) are the shared modules' own, reported by main.fail as the full path reports them.
 tests/test_hot_path.py runs each verb through both paths and compares stdout, stderr, the exit

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 import shutil
 import socket
@@ -379,12 +380,13 @@ def _runtime_unit_dir(rootless: bool) -> str:
 
 def delete_cases(rootless: bool) -> dict[str, Any]:
     """delete of a container whose process exited (systemd has collected its scope), of a running
-    one (--force), and of one whose unit failed (a stop that timed out, as an OOM kill fails it):
-    the unit is gone afterwards (not left "failed"), nothing is left, the name can be used again;
-    with the D-Bus calls each delete made."""
+    one (--force), of one whose unit failed (a stop that timed out, as an OOM kill fails it), and
+    of an exited one whose record predates CollectMode ("legacy"): the unit is gone afterwards
+    (not left "failed"), nothing is left, the name can be used again; with the D-Bus calls each
+    delete made and the scope's CollectMode."""
     out: dict[str, Any] = {}
     with SystemdManager.connect(user=rootless, timeout=10) as sd:
-        for case in ("exited", "running", "failed"):
+        for case in ("exited", "running", "failed", "legacy"):
             out[case] = _delete_case(sd, rootless, case)
     return out
 
@@ -411,8 +413,16 @@ def _delete_case(sd: SystemdManager, rootless: bool, case: str) -> dict[str, Any
             return facts
         pid = int(json.loads(pyouki("--root", root, "state", cid).stdout)["pid"])
         cgroup = CGROUP_ROOT + str(sd.get_unit_property(unit, messages.SCOPE_INTERFACE, "ControlGroup"))
+        facts["collect_mode"] = sd.get_unit_property(unit, messages.UNIT_INTERFACE, "CollectMode")
         pyouki("--root", root, "start", cid)
-        if case == "exited":
+        if case == "legacy":  # a record written before scopes had CollectMode: the driver deletes it
+            record_path = os.path.join(root, cid, "state.bin")
+            with open(record_path, "rb") as f:
+                record = marshal.load(f)
+            record["cgroup"].pop("collect")
+            with open(record_path, "wb") as f:
+                marshal.dump(record, f)
+        if case in ("exited", "legacy"):
             pyouki("--root", root, "kill", cid, "KILL")
         elif case == "failed":
             sd.stop_unit(unit, timeout=10)
