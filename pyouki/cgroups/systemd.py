@@ -242,8 +242,10 @@ class SystemdCgroup:
         cgroupfs left.
 
         The unit is usually gone already: systemd collects a scope once its last process exits,
-        and removes its cgroup; a scope that failed (an OOM kill, a stop that timed out) has no
-        cgroup either but stays loaded, "failed", until reset. So when the scope's cgroup is gone
+        and removes its cgroup. A scope that failed (an OOM kill, a stop that timed out) has no
+        cgroup either but stays loaded, "failed", until reset, unless it was made with
+        CollectMode=inactive-or-failed (see apply: then delete does not come here at all,
+        pyouki.record.remove_plain does what is left). So when the scope's cgroup is gone
         there is nothing to stop, and ResetFailedUnit alone (no error for a collected unit) is
         what delete needs: 2 round trips (Hello, ResetFailedUnit) instead of 5 and a job wait
         (AddMatch, Subscribe, StopUnit). If the manager is unreachable then, that is no error.
