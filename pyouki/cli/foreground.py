@@ -17,11 +17,10 @@ import _signal
 import os
 
 from pyouki import syscalls as sc
-from pyouki.create import CreateOptions, create
-from pyouki.lifecycle import delete, start
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    from pyouki.create import CreateOptions
     from pyouki.exec import ExecOptions
 
 # not forwarded: SIGCHLD is ours, SIGWINCH and SIGURG are noise without a terminal, KILL/STOP can't be caught
@@ -30,6 +29,10 @@ _NOT_FORWARDED = {_signal.SIGCHLD, _signal.SIGKILL, _signal.SIGSTOP, _signal.SIG
 
 def run(opts: CreateOptions, detach: bool = False, keep: bool = False) -> int:
     """Run the container; return its exit status (0 when detached)."""
+    # here, not at the top: exec comes through this module too and needs none of create's modules
+    from pyouki.create import create
+    from pyouki.lifecycle import delete, start
+
     container = create(opts, subreaper=not detach, foreground=not detach)
     pid = container.pid
     if detach:
