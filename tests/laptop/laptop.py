@@ -261,7 +261,8 @@ def table(results: dict[str, Any]) -> str:
         if s is None:
             return "–"
         mark = "pass" if s.get("ok") else "FAIL"
-        return f"{mark} ({s.get('seconds', 0):.1f} s)"
+        retried = ", after a hang" if s.get("hung_first") else ""  # see the guest's step_userns_auto
+        return f"{mark} ({s.get('seconds', 0):.1f} s{retried})"
 
     for name in names:
         lines.append(f"| {name} | " + " | ".join(cell(m, r, name) for m in modes for r in ("runc", "pyouki")) + " |")
