@@ -28,7 +28,7 @@ UNSUPPORTED_PROCESS_FIELDS = {
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 # the one namespace table of create and exec: each type's file under /proc/PID/ns, in the order
 # they are joined (the user namespace first, so the others are joined with its privileges; mount
-# last, as it hides the host's /proc). Their clone flags: init.NS_FLAGS.
+# last, as it hides the host's /proc). Their clone flags: become.NS_FLAGS.
 NS_FILES = {"user": "user", "ipc": "ipc", "uts": "uts", "network": "net", "pid": "pid", "cgroup": "cgroup",
             "time": "time", "mount": "mnt"}
 

@@ -8,7 +8,7 @@ execs. Errors come back over a close-on-exec pipe: end-of-file without a message
 happened.
 
 It is create's spawn path in the role "join an existing container": the fork and the channel are
-pyouki.spawn's, the namespace join and the process's last steps pyouki.init's.
+pyouki.spawn's, the namespace join and the process's last steps pyouki.become's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pyouki.state import Container
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
-    from pyouki import init
+    from pyouki import become
     from pyouki.channel import Channel
     from pyouki.execstub import ExecStub
 
@@ -171,7 +171,7 @@ class _Execution(Spawn):
     end = "eof"
     died = "the exec process exited before it started"
 
-    def __init__(self, plan: init.ProcessPlan, container: Container, config: dict) -> None:
+    def __init__(self, plan: become.ProcessPlan, container: Container, config: dict) -> None:
         super().__init__(plan, (config.get("linux") or {}).get("seccomp"))
         self.container = container
         self.config = config
@@ -188,16 +188,16 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     # Python library is out of reach
     import select  # noqa: F401
 
-    from pyouki import init  # brings what the child uses: pyouki.process, prctl, resource
+    from pyouki import become  # brings what the child uses: pyouki.process, prctl, resource
     from pyouki.config import NS_FILES, namespaces
 
     init_pid = container.pid
     if not os.path.exists(container.fifo_path):
         _wait_for_exec(init_pid)
-    plan = init.ProcessPlan(process, opts.preserve_fds, {})
+    plan = become.ProcessPlan(process, opts.preserve_fds, {})
     kinds = namespaces(config)
     try:
-        for kind in init.JOIN_ORDER:
+        for kind in become.JOIN_ORDER:
             if kind in kinds:
                 path = f"/proc/{init_pid}/ns/{NS_FILES[kind]}"
                 if kind == "user" and os.readlink(path) == os.readlink("/proc/self/ns/user"):
@@ -266,7 +266,7 @@ def _spawn(container: Container, config: dict, process: dict, opts: ExecOptions)
     return spawn.pid, spawn.master
 
 
-def _close_plan_fds(plan: init.ProcessPlan) -> None:
+def _close_plan_fds(plan: become.ProcessPlan) -> None:
     """The namespace fds are the intermediate's: closed here after the fork (or an error)."""
     for fd in plan.ns_fds.values():
         os.close(fd)
@@ -298,13 +298,13 @@ def _wait_for_exec(pid: int, timeout: float = 2.0) -> None:
             return
 
 
-def _intermediate(plan: init.ProcessPlan, down: Channel, up: Channel) -> None:
+def _intermediate(plan: become.ProcessPlan, down: Channel, up: Channel) -> None:
     """Join the container's namespaces and fork the process into them; never returns."""
-    from pyouki import init
+    from pyouki import become
     from pyouki.execstub import ExecStub
 
     try:
-        init.die_with(plan.parent_pid)
+        become.die_with(plan.parent_pid)
         # nothing in the container may ptrace us or read our memory while we hold host fds
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         # on the host, before the container's filesystem and seccomp filter
@@ -312,29 +312,29 @@ def _intermediate(plan: init.ProcessPlan, down: Channel, up: Channel) -> None:
         if down.receive()[0] != "go":
             os._exit(1)
         down.close()
-        plan.setgroups_allowed = init.join_namespaces(plan)
+        plan.setgroups_allowed = become.join_namespaces(plan)
         pid = fork_child(_process, plan, up, stub)
         up.send("pid", str(pid))
         os._exit(0)
     except BaseException as e:  # noqa: BLE001 - must reach the caller as one line
-        init.report_failure(up, "exec set-up", e)
+        become.report_failure(up, "exec set-up", e)
     os._exit(1)
 
 
-def _process(plan: init.ProcessPlan, up: Channel, stub: ExecStub) -> None:
-    """Become the process and exec it (init.become_and_exec); errors go back over up; never returns."""
-    from pyouki import init
+def _process(plan: become.ProcessPlan, up: Channel, stub: ExecStub) -> None:
+    """Become the process and exec it (become.become_and_exec); errors go back over up; never returns."""
+    from pyouki import become
 
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, 0)
         # before any path resolves in the container: no fd of the caller's but stdio and the
         # preserved ones may be reachable through /proc/self/fd/N (CVE-2024-21626)
-        init.close_fds(3 + plan.preserve_fds, plan.own_fds(up, stub))
+        become.close_fds(3 + plan.preserve_fds, plan.own_fds(up, stub))
         final = cpu_affinity(plan.process, "final")
         if final:  # in the container's cgroup now (a cpuset there reset what initial set)
             set_affinity(final, "process.execCPUAffinity.final")
         os.setsid()  # its own session and process group, with or without a terminal (runc's nsexec)
-        init.become_and_exec(plan, stub)
+        become.become_and_exec(plan, stub)
     except BaseException as e:  # noqa: BLE001
-        init.report_failure(up, "exec", e)
+        become.report_failure(up, "exec", e)
     os._exit(127)

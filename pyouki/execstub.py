@@ -542,7 +542,7 @@ def _sealed_memfd(code: bytes, lowest: int) -> int:
         view = memoryview(code)
         while view:
             view = view[os.write(fd, view):]
-        import fcntl  # imported by pyouki.init before any fork
+        import fcntl  # imported by pyouki.become before any fork
 
         fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
         if fd < lowest:

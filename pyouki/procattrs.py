@@ -4,7 +4,7 @@ process.scheduler and process.ioPriority.
 `check` parses and checks them in the runtime's own process (create, exec) before anything is
 started, so a wrong value is one line naming its JSON path and nothing is left behind; it keeps
 the result, which fork hands to the container process. There `apply` (one call from
-pyouki.init.become_process, shared by init and exec) sets them, in this order and for these
+pyouki.become.become_process, shared by init and exec) sets them, in this order and for these
 reasons:
 
 * before the seccomp filter: the container's profile restricts the container's program, not

@@ -16,8 +16,8 @@ child ends in os._exit, on every path), and `drive` reads the typed messages onc
 
 A role subclasses Spawn for what differs: `end` (the message drive() returns at, with the pid
 known), `died` (what an early end-of-file means), and the callbacks on_map, on_pid, on_hooks and
-agent_state. The child-side code of both roles is in pyouki.init (namespaces, the process's last
-steps) and reports over the same channel.
+agent_state. The child-side code of both roles is in pyouki.become (namespaces, the process's
+last steps), with create's own in pyouki.init, and reports over the same channel.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms)
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from pyouki.init import ProcessPlan
+    from pyouki.become import ProcessPlan
     from pyouki.seccomp_notify import Handover
 
 

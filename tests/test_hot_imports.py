@@ -29,8 +29,8 @@ FORBIDDEN = frozenset({"os", "__future__", "pyouki.errors", "pyouki.enginewords"
                        "pyouki.lifecycle", "pyouki.cgroups", "pyouki.cli.fastparse", "pyouki.cli.table",
                        "pyouki.cli.handlers"})
 FORBIDDEN_PREFIXES = ("click", "json", "typing", "signal", "subprocess", "ctypes", "pyouki.cgroups.",
-                      "pyouki.syscalls", "pyouki.config", "pyouki.create", "pyouki.init", "pyouki.wasm",
-                      "pyouki.lsm", "pyouki.procattrs", "pyouki.netdev", "pyouki.idmapmount",
+                      "pyouki.syscalls", "pyouki.config", "pyouki.create", "pyouki.init", "pyouki.become",
+                      "pyouki.wasm", "pyouki.lsm", "pyouki.procattrs", "pyouki.netdev", "pyouki.idmapmount",
                       "pyouki.seccomp", "pyouki.notify", "pyouki.hooks", "pyouki.execstub", "pyroute2",
                       "wasmtime")
 

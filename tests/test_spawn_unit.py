@@ -1,5 +1,5 @@
 """The one spawn path's logic (pyouki.spawn): the parent's loop over the channel for both roles,
-the kill after an error, and the children's one-line errors (pyouki.init.report_failure). Real
+the kill after an error, and the children's one-line errors (pyouki.become.report_failure). Real
 forks and pipes; the children play the intermediate and the container's process, no containers."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from pyouki.become import ProcessPlan, report_failure
 from pyouki.channel import Channel, fork_child
 from pyouki.errors import PyoukiError
-from pyouki.init import ProcessPlan, report_failure
 from pyouki.spawn import Spawn
 from pyouki.state import process_start_time
 

@@ -23,10 +23,10 @@ def _id(args: dict) -> str:
 def _preserve_fds(options: dict, listen: bool) -> int:
     """--preserve-fds N, checked: the N fds after stdio (and after the LISTEN_FDS ones for a
     new container, as runc places them) must be open."""
-    from pyouki import init, log
+    from pyouki import become, log
 
     count = int(options.get("preserve_fds") or 0)
-    init.check_preserved_fds(count, 3 + (init.listen_fds() if listen else 0), log.fileno())
+    become.check_preserved_fds(count, 3 + (become.listen_fds() if listen else 0), log.fileno())
     return count
 
 
