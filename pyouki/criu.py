@@ -146,13 +146,17 @@ def _failure(verb: str, log_path: str, stderr: bytes | str) -> str:
 # -- external mounts, namespaces --------------------------------------------------------------
 
 
+def _is_bind(mount: dict) -> bool:
+    options = mount.get("options") or []
+    return mount.get("type") == "bind" or "bind" in options or "rbind" in options
+
+
 def _bind_mounts(config: dict) -> list[tuple[str, str]]:
     """(destination, source) of the config's bind mounts, in order; the destination cleaned, with
     one leading slash as mountinfo shows paths (_keys then follows the rootfs' symlinks)."""
     out = []
     for m in config.get("mounts") or []:
-        options = m.get("options") or []
-        if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+        if _is_bind(m):
             # not normpath("/" + dest): POSIX keeps two leading slashes, "//etc/hostname" names no
             # mount for criu, which then finds no root for the bind (podman's /etc/hostname & co.)
             out.append((os.path.normpath("/" + m["destination"].lstrip("/")), m.get("source") or ""))
@@ -175,7 +179,7 @@ class Mountpoint:
         return f"Mountpoint({self.field!r}, {self.destination!r}, {self.kind!r}, {self.source!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mountpoint) and repr(self) == repr(other)
+        return isinstance(other, Mountpoint) and vars(self) == vars(other)
 
 
 def restore_mountpoints(config: dict, bundle: str) -> list[Mountpoint]:
@@ -192,8 +196,7 @@ def restore_mountpoints(config: dict, bundle: str) -> list[Mountpoint]:
         if m.get("type") == "cgroup" or any(dest.startswith(t.rstrip("/") + "/") for t in tmpfs):
             continue
         field = f"mounts[{i}]"
-        options = m.get("options") or []
-        if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+        if _is_bind(m):
             source = os.path.join(bundle, m.get("source") or "")
             if not os.path.exists(source):
                 raise PyoukiError(f"{field}.source: bind source {source} does not exist")

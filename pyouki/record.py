@@ -221,6 +221,13 @@ def remove_plain(cgroup: dict) -> bool:
     return True
 
 
+def unit_cgroup(fs: dict) -> str | None:
+    """The cgroup systemd manages for a unit, from the unit's cgroupfs state: v2's own directory,
+    v1's in systemd's named hierarchy (the other hierarchies' directories are the runtime's)."""
+    path = fs.get("path") if fs.get("driver") == "cgroupfs-v2" else (fs.get("paths") or {}).get("name=systemd")
+    return str(path) if path else None
+
+
 def _systemd_scope_gone(cgroup: dict) -> bool:
     """Whether a systemd-driver record's scope is gone for good, so that removing what cgroupfs
     left is all a delete does: made with CollectMode=inactive-or-failed (systemd unloads it, failed
@@ -230,11 +237,11 @@ def _systemd_scope_gone(cgroup: dict) -> bool:
     fs = cgroup.get("fs")
     if not cgroup.get("collect") or str(cgroup.get("unit")).endswith(".slice") or not isinstance(fs, dict):
         return False
-    path = fs.get("path") if fs.get("driver") == "cgroupfs-v2" else (fs.get("paths") or {}).get("name=systemd")
+    path = unit_cgroup(fs)
     if not path:
         return False
     try:
-        posix.stat(str(path))
+        posix.stat(path)
     except FileNotFoundError:
         return True
     except OSError:

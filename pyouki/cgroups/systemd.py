@@ -154,17 +154,18 @@ class SystemdCgroup:
             # and delete of a stopped container needs no D-Bus at all (pyouki.record.remove_plain):
             # the podman path's delete stays on pyouki.cli.hot. runc keeps a failed scope until
             # its delete resets it; the outcome for the next create is the same.
-            try:
+            def scope(properties: dict | None = None) -> None:
                 sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
-                                         description=description, timeout=TIMEOUT,
-                                         properties={"CollectMode": "inactive-or-failed"})
+                                         description=description, timeout=TIMEOUT, properties=properties)
+
+            try:
+                scope({"CollectMode": "inactive-or-failed"})
                 self.collect = True
             except PyoukiError as e:
                 if "CollectMode" not in str(e):
                     raise
                 _debug(f"systemd refuses CollectMode (before v236): {e}")
-                sd.start_transient_scope(self.unit, slice=self.slice, pids=[pid], delegate=True,
-                                         description=description, timeout=TIMEOUT)
+                scope()
         try:
             # Where the kernel put the pid is the scope's cgroup as this process sees it (also
             # inside a cgroup namespace), and costs no D-Bus round trip; a slice asks systemd.
@@ -266,12 +267,10 @@ class SystemdCgroup:
 
     def _unit_cgroup_gone(self) -> bool:
         """Whether the unit's own cgroup (in the hierarchy systemd manages) is known and gone."""
-        state = self.fs.to_state() if self.fs is not None else {}
-        if state.get("driver") == "cgroupfs-v2":
-            path = state.get("path")
-        else:  # v1: systemd's named hierarchy (hybrid too); other controllers' directories are ours
-            path = (state.get("paths") or {}).get("name=systemd")
-        return bool(path) and not os.path.isdir(str(path))
+        from pyouki.record import unit_cgroup
+
+        path = unit_cgroup(self.fs.to_state()) if self.fs is not None else None
+        return path is not None and not os.path.isdir(path)
 
     def _cgroup_exists(self) -> bool:
         state = self.fs.to_state() if self.fs is not None else {}

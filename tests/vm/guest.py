@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -569,17 +569,25 @@ class CriuPart(Part):
                                  if " mapping for " in line][:20]
             facts["delete_original"] = self.cmd("delete", "--force", cid)
             if facts["checkpoint"]["rc"] == 0:
-                facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", bundle, cid)
-                facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
-                if facts["restore"]["rc"] == 0:
-                    facts["restored"] = self.observe(cid)
-                    rpid = facts["restored"].get("pid")
-                    facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in names.values()}
+                facts.update(self.restore_reading(image, bundle, cid, names.values()))
+                if "restored" in facts:
                     facts["delete"] = self.cmd("delete", "--force", cid)
                     facts["imported"] = self.imported(image, bundle, names)
             return facts
         finally:
             subprocess.run(["umount", "-l", userdata], check=False)
+
+    def restore_reading(self, image: str, bundle: str, cid: str, dests: Iterable[str]) -> dict[str, Any]:
+        """restore -d of image as cid from bundle, criu's errors, and, restored, the container's
+        state and the content of each of dests seen inside it."""
+        restore = self.cmd("restore", "-d", "--image-path", image, "--bundle", bundle, cid)
+        facts: dict[str, Any] = {"restore": restore,
+                                 "restore_log_error": _criu_errors(os.path.join(image, "restore.log"))}
+        if facts["restore"]["rc"] == 0:
+            facts["restored"] = self.observe(cid)
+            rpid = facts["restored"].get("pid")
+            facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in dests}
+        return facts
 
     def imported(self, image: str, bundle: str, names: dict[str, str]) -> dict[str, Any]:
         """The image restored under a new id into a fresh rootfs, as `podman container restore
@@ -593,12 +601,8 @@ class CriuPart(Part):
         rootfs = os.path.join(fresh, "rootfs")
         _resolv_conf_symlink(rootfs)  # the image's own files come with the import
         facts: dict[str, Any] = {"fresh_has_run": os.path.exists(os.path.join(rootfs, "run"))}
-        facts["restore"] = self.cmd("restore", "-d", "--image-path", image, "--bundle", fresh, cid)
-        facts["restore_log_error"] = _criu_errors(os.path.join(image, "restore.log"))
-        if facts["restore"]["rc"] == 0:
-            facts["restored"] = self.observe(cid)
-            rpid = facts["restored"].get("pid")
-            facts["restored_files"] = {dest: _read(f"/proc/{rpid}/root{dest}") for dest in names.values()}
+        facts.update(self.restore_reading(image, fresh, cid, names.values()))
+        if "restored" in facts:
             facts["counting_on"] = self.wait_count(rootfs, 0) is not None  # the shell writes the new rootfs
             facts["delete"] = self.cmd("delete", "--force", cid)
         return facts
